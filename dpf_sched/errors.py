@@ -1,0 +1,71 @@
+"""Typed errors raised by dpf_sched.
+
+Every public entry point validates its input and raises one of these, naming the bad value, *before* it changes
+any state. They form one hierarchy so that callers can catch ``DpfSchedError`` for "anything this library
+refused", or a narrower class for one reason. Subclasses also derive from the matching built-in (``ValueError``,
+``KeyError``) so that generic code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class DpfSchedError(Exception):
+    """Base class of every error that dpf_sched raises on purpose."""
+
+
+class InvalidBudgetError(DpfSchedError, ValueError):
+    """A budget value is NaN, infinite, negative, zero where positive is required, or otherwise malformed."""
+
+
+class InvalidParameterError(DpfSchedError, ValueError):
+    """A parameter (mechanism, policy, workload, conversion) is out of its domain."""
+
+
+class AlphaGridMismatchError(DpfSchedError, ValueError):
+    """Two Rényi curves (or a curve and a ledger) live on different α grids; we never interpolate silently."""
+
+
+class CompositionMismatchError(DpfSchedError, ValueError):
+    """A basic (ε, δ) value was used where a Rényi curve is required, or the other way round."""
+
+
+class UnknownBlockError(DpfSchedError, KeyError):
+    """A block id that the ledger does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else "unknown block"
+
+
+class UnknownClaimError(DpfSchedError, KeyError):
+    """A claim id that the ledger does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown claim"
+
+
+class DuplicateIdError(DpfSchedError, ValueError):
+    """A block or claim id that is already taken."""
+
+
+class InsufficientBudgetError(DpfSchedError):
+    """An allocation or unlock would break the no-overspend or conservation invariant."""
+
+
+class InvalidStateError(DpfSchedError):
+    """An operation that the claim's current state does not allow (double grant, consume after release, ...)."""
+
+
+class OverConsumptionError(DpfSchedError):
+    """A consumption larger than what remains of the claim's grant."""
+
+
+class UnknownPolicyError(DpfSchedError, LookupError):
+    """No policy is registered under that name."""
+
+
+class TraceFormatError(DpfSchedError, ValueError):
+    """A malformed trace file; the message names the line number."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
