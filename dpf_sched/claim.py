@@ -1,0 +1,100 @@
+"""Claims: an all-or-nothing request for privacy budget on a set of blocks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from dpf_sched.block import check_id, check_time
+from dpf_sched.budget import Budget, EpsDelta, RenyiCurve
+from dpf_sched.errors import CompositionMismatchError, InvalidBudgetError, InvalidParameterError
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A request for ``demand[block]`` on every listed block, granted in full or not at all.
+
+    Parameters
+    ----------
+    id
+        Unique claim id.
+    demand
+        Block id → budget (all of one kind: every value an :class:`EpsDelta`, or every value a
+        :class:`RenyiCurve`). Every per-block demand must be non-zero.
+    arrival
+        Submission time on the scheduler's clock.
+    timeout
+        Seconds (clock units) after ``arrival`` at which a still-waiting claim is rejected; ``None`` waits
+        forever.
+    owner
+        Free-form owner (tenant, pipeline); used for metrics and access control.
+    weight
+        Positive importance, used by weighted policies (not by DPF itself).
+    """
+
+    id: str
+    demand: Mapping[str, Budget]
+    arrival: float = 0.0
+    timeout: float | None = None
+    owner: str | None = None
+    weight: float = 1.0
+    _blocks: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", check_id("claim", self.id))
+        object.__setattr__(self, "arrival", check_time(f"claim {self.id}: arrival", self.arrival))
+        if not isinstance(self.demand, Mapping) or not self.demand:
+            raise InvalidParameterError(f"claim {self.id}: demand must name at least one block")
+        demand: dict[str, Budget] = {}
+        kinds = set()
+        for raw_block, budget in self.demand.items():
+            block = check_id("block", raw_block)
+            if block in demand:
+                raise InvalidParameterError(f"claim {self.id}: block {block} listed twice")
+            if not isinstance(budget, (EpsDelta, RenyiCurve)):
+                raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is not a budget: {budget!r}")
+            if budget.is_zero():
+                raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is zero")
+            kinds.add(type(budget))
+            demand[block] = budget
+        if len(kinds) > 1:
+            raise CompositionMismatchError(f"claim {self.id}: mixes (ε, δ) and Rényi demands")
+        curves = [b for b in demand.values() if isinstance(b, RenyiCurve)]
+        if curves and any(c.grid != curves[0].grid for c in curves):
+            raise CompositionMismatchError(f"claim {self.id}: demands on different α grids")
+        object.__setattr__(self, "demand", MappingProxyType(demand))
+        object.__setattr__(self, "_blocks", tuple(demand))
+        if self.timeout is not None:
+            t = check_time(f"claim {self.id}: timeout", self.timeout)
+            if t <= 0:
+                raise InvalidParameterError(f"claim {self.id}: timeout must be positive, got {t}")
+            object.__setattr__(self, "timeout", t)
+        if self.owner is not None and not isinstance(self.owner, str):
+            raise InvalidParameterError(f"claim {self.id}: owner must be a string, got {self.owner!r}")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise InvalidParameterError(f"claim {self.id}: weight must be a positive finite number, got {w!r}")
+        object.__setattr__(self, "weight", float(w))
+
+    @classmethod
+    def uniform(cls, id: str, blocks: Iterable[str], demand: Budget, **kwargs: Any) -> Claim:
+        """A claim asking the same ``demand`` on every one of ``blocks``."""
+        block_list = list(blocks)
+        if not block_list:
+            raise InvalidParameterError(f"claim {id}: no blocks")
+        if len(set(block_list)) != len(block_list):
+            raise InvalidParameterError(f"claim {id}: a block is listed twice in {block_list}")
+        return cls(id, dict.fromkeys(block_list, demand), **kwargs)
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The block ids, in the order given."""
+        return self._blocks
+
+    @property
+    def deadline(self) -> float:
+        """Absolute expiry time (``inf`` without a timeout)."""
+        return math.inf if self.timeout is None else self.arrival + self.timeout

@@ -1,0 +1,369 @@
+"""In-memory ledger on dense numpy arrays (blocks × columns); the simulator's backend.
+
+Per block it keeps capacity and the four buckets locked / unlocked / allocated / consumed as rows of float64
+arrays that grow by doubling. Per claim it keeps the validated demand rows, what remains of the grant, and what
+was consumed. Every operation validates first and writes after, so a refused operation changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dpf_sched.block import Block, check_time
+from dpf_sched.budget import Budget
+from dpf_sched.claim import Claim
+from dpf_sched.composition import Composition, check_capacity
+from dpf_sched.errors import (
+    DuplicateIdError,
+    InsufficientBudgetError,
+    InvalidParameterError,
+    InvalidStateError,
+    OverConsumptionError,
+    UnknownBlockError,
+    UnknownClaimError,
+)
+from dpf_sched.ledger.base import (
+    BlockBudgets,
+    ClaimRecord,
+    ClaimState,
+    FloatArray,
+    IntArray,
+    InvariantViolation,
+    Ledger,
+)
+
+
+@dataclass
+class _ClaimEntry:
+    """Mutable per-claim bookkeeping, private to the ledger."""
+
+    claim: Claim
+    idx: IntArray
+    demand: FloatArray
+    remaining: FloatArray
+    consumed: FloatArray
+    state: ClaimState = ClaimState.WAITING
+    granted_at: float | None = None
+    decided_at: float | None = None
+    reason: str | None = None
+
+
+def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+class MemoryLedger(Ledger):
+    """Numpy ledger. ``composition`` fixes the columns (basic (ε, δ) or one per α order)."""
+
+    def __init__(self, composition: Composition, initial_blocks: int = 64) -> None:
+        self.composition = composition
+        k = composition.width
+        cap = max(1, int(initial_blocks))
+        self._n = 0
+        self._cap = np.zeros((cap, k))
+        self._locked = np.zeros((cap, k))
+        self._unlocked = np.zeros((cap, k))
+        self._allocated = np.zeros((cap, k))
+        self._consumed = np.zeros((cap, k))
+        self._fraction = np.zeros(cap)
+        self._created = np.zeros(cap)
+        self._retired = np.zeros(cap, dtype=bool)
+        self._blocks: list[Block] = []
+        self._block_index: dict[str, int] = {}
+        self._claims: dict[str, _ClaimEntry] = {}
+
+    # ----- growth -------------------------------------------------------------------------------------------
+    def _grow(self) -> None:
+        new = 2 * self._cap.shape[0]
+        for name in ("_cap", "_locked", "_unlocked", "_allocated", "_consumed"):
+            old = getattr(self, name)
+            arr = np.zeros((new, old.shape[1]))
+            arr[: self._n] = old[: self._n]
+            setattr(self, name, arr)
+        for name in ("_fraction", "_created", "_retired"):
+            old = getattr(self, name)
+            arr1 = np.zeros(new, dtype=old.dtype)
+            arr1[: self._n] = old[: self._n]
+            setattr(self, name, arr1)
+
+    # ----- blocks -------------------------------------------------------------------------------------------
+    def add_block(self, block: Block) -> int:
+        if not isinstance(block, Block):
+            raise InvalidParameterError(f"add_block takes a Block, got {type(block).__name__}")
+        if block.id in self._block_index:
+            raise DuplicateIdError(f"block {block.id} already exists")
+        row = self.composition.row(block.capacity)
+        check_capacity(self.composition, row, f"block {block.id}")
+        if self._n == self._cap.shape[0]:
+            self._grow()
+        i = self._n
+        self._cap[i] = row
+        self._locked[i] = row
+        self._created[i] = block.created
+        self._blocks.append(block)
+        self._block_index[block.id] = i
+        self._n += 1
+        return i
+
+    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> None:
+        idx = np.asarray(block_indices, dtype=np.int64).reshape(-1)
+        f = np.asarray(fractions, dtype=np.float64).reshape(-1)
+        if f.shape[0] == 1 and idx.shape[0] != 1:
+            f = np.full(idx.shape[0], f[0])
+        if idx.shape != f.shape:
+            raise InvalidParameterError(f"{idx.shape[0]} blocks but {f.shape[0]} unlock fractions")
+        if idx.size == 0:
+            return
+        if idx.min() < 0 or idx.max() >= self._n:
+            raise UnknownBlockError(f"unlock names a block index outside 0..{self._n - 1}")
+        if not np.all(np.isfinite(f)) or np.any(f < 0):
+            raise InvalidParameterError(f"unlock fractions must be finite and ≥ 0, got {f.tolist()}")
+        if np.unique(idx).shape[0] != idx.shape[0]:
+            raise InvalidParameterError("unlock names a block twice")
+        target = np.maximum(self._fraction[idx], np.minimum(f, 1.0))
+        cap = self._cap[idx]
+        new_locked = np.where((target >= 1.0)[:, None], 0.0, cap * (1.0 - target)[:, None])
+        new_locked = np.minimum(new_locked, self._locked[idx])
+        self._unlocked[idx] += self._locked[idx] - new_locked
+        self._locked[idx] = new_locked
+        self._fraction[idx] = target
+
+    def retire(self, block_id: str) -> None:
+        i = self.block_index(block_id)
+        self._retired[i] = True
+
+    def block(self, block_id: str) -> Block:
+        return self._blocks[self.block_index(block_id)]
+
+    def blocks(self) -> Iterator[Block]:
+        return iter(list(self._blocks))
+
+    def block_index(self, block_id: str) -> int:
+        try:
+            return self._block_index[block_id]
+        except (KeyError, TypeError):
+            raise UnknownBlockError(f"unknown block {block_id!r}") from None
+
+    def budgets(self, block_id: str) -> BlockBudgets:
+        i = self.block_index(block_id)
+        v = self.composition.value
+        return BlockBudgets(
+            block=self._blocks[i],
+            capacity=v(self._cap[i]),
+            locked=v(self._locked[i]),
+            unlocked=v(self._unlocked[i]),
+            allocated=v(self._allocated[i]),
+            consumed=v(self._consumed[i]),
+            unlocked_fraction=float(self._fraction[i]),
+            retired=bool(self._retired[i]),
+        )
+
+    # ----- read-only arrays ---------------------------------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return self._n
+
+    @property
+    def capacity(self) -> FloatArray:
+        return _readonly(self._cap[: self._n])  # type: ignore[return-value]
+
+    @property
+    def locked(self) -> FloatArray:
+        """(n_blocks, width) locked budget, read-only."""
+        return _readonly(self._locked[: self._n])  # type: ignore[return-value]
+
+    @property
+    def unlocked(self) -> FloatArray:
+        return _readonly(self._unlocked[: self._n])  # type: ignore[return-value]
+
+    @property
+    def allocated(self) -> FloatArray:
+        """(n_blocks, width) allocated budget, read-only."""
+        return _readonly(self._allocated[: self._n])  # type: ignore[return-value]
+
+    @property
+    def consumed(self) -> FloatArray:
+        return _readonly(self._consumed[: self._n])  # type: ignore[return-value]
+
+    @property
+    def unlocked_fraction(self) -> FloatArray:
+        return _readonly(self._fraction[: self._n])  # type: ignore[return-value]
+
+    @property
+    def created(self) -> FloatArray:
+        return _readonly(self._created[: self._n])  # type: ignore[return-value]
+
+    @property
+    def retired_mask(self) -> NDArray[np.bool_]:
+        return _readonly(self._retired[: self._n])  # type: ignore[return-value]
+
+    # ----- claims -------------------------------------------------------------------------------------------
+    def _entry(self, claim_id: str) -> _ClaimEntry:
+        try:
+            return self._claims[claim_id]
+        except (KeyError, TypeError):
+            raise UnknownClaimError(f"unknown claim {claim_id!r}") from None
+
+    def add_claim(self, claim: Claim) -> tuple[IntArray, FloatArray]:
+        if not isinstance(claim, Claim):
+            raise InvalidParameterError(f"add_claim takes a Claim, got {type(claim).__name__}")
+        if claim.id in self._claims:
+            raise DuplicateIdError(f"claim {claim.id} already exists")
+        idx = np.fromiter((self.block_index(b) for b in claim.blocks), dtype=np.int64, count=len(claim.blocks))
+        retired = [claim.blocks[k] for k in np.flatnonzero(self._retired[idx])]
+        if retired:
+            raise InvalidStateError(f"claim {claim.id} asks for retired blocks {retired}")
+        row = self.composition.row
+        demand = np.stack([row(claim.demand[b]) for b in claim.blocks])
+        demand.flags.writeable = False
+        self._claims[claim.id] = _ClaimEntry(
+            claim=claim,
+            idx=idx,
+            demand=demand,
+            remaining=np.zeros_like(demand),
+            consumed=np.zeros_like(demand),
+        )
+        return idx, demand
+
+    def allocate(self, claim_id: str, now: float) -> None:
+        e = self._entry(claim_id)
+        now = check_time("time", now)
+        if e.state is not ClaimState.WAITING:
+            raise InvalidStateError(f"claim {claim_id} is {e.state.value}; only a waiting claim can be granted")
+        idx = e.idx
+        if self._retired[idx].any():
+            raise InvalidStateError(f"claim {claim_id} asks for a retired block")
+        ok = self.composition.fits(e.demand, self._unlocked[idx], self._cap[idx])
+        if not ok.all():
+            bad = e.claim.blocks[int(np.argmin(ok))]
+            raise InsufficientBudgetError(f"claim {claim_id} does not fit in the unlocked budget of block {bad}")
+        self._unlocked[idx] -= e.demand
+        self._allocated[idx] += e.demand
+        e.remaining = e.demand.copy()
+        e.state = ClaimState.GRANTED
+        e.granted_at = e.decided_at = now
+
+    def reject(self, claim_id: str, now: float, reason: str) -> None:
+        e = self._entry(claim_id)
+        now = check_time("time", now)
+        if e.state is not ClaimState.WAITING:
+            raise InvalidStateError(f"claim {claim_id} is {e.state.value}; only a waiting claim can be rejected")
+        e.state = ClaimState.REJECTED
+        e.decided_at = now
+        e.reason = str(reason)
+
+    def _require_granted(self, e: _ClaimEntry, op: str) -> None:
+        if e.state is ClaimState.FINISHED:
+            raise InvalidStateError(f"claim {e.claim.id} is finished; cannot {op} again")
+        if e.state is not ClaimState.GRANTED:
+            raise InvalidStateError(f"claim {e.claim.id} is {e.state.value}; only a granted claim can {op}")
+
+    def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None, now: float = 0.0) -> None:
+        e = self._entry(claim_id)
+        check_time("time", now)
+        self._require_granted(e, "consume")
+        if amounts is None:
+            amt = e.remaining.copy()
+        else:
+            if not isinstance(amounts, Mapping) or not amounts:
+                raise InvalidParameterError(f"consume amounts must map block ids to budgets, got {amounts!r}")
+            pos = {b: k for k, b in enumerate(e.claim.blocks)}
+            amt = np.zeros_like(e.remaining)
+            for b, budget in amounts.items():
+                if b not in pos:
+                    raise UnknownBlockError(f"claim {claim_id} holds no grant on block {b!r}")
+                amt[pos[b]] = self.composition.row(budget)
+        tol = self.composition.tolerance(self._cap[e.idx])
+        over = amt > e.remaining + tol
+        if over.any():
+            k, col = np.argwhere(over)[0]
+            raise OverConsumptionError(
+                f"claim {claim_id} consumes {amt[k, col]:.12g} on block {e.claim.blocks[k]} (column {col}) "
+                f"but only {e.remaining[k, col]:.12g} of its grant remains"
+            )
+        from_alloc = np.minimum(amt, e.remaining)
+        excess = amt - from_alloc  # ≤ tolerance: charged against unlocked, never forgiven
+        idx = e.idx
+        self._allocated[idx] -= from_alloc
+        self._unlocked[idx] -= excess
+        self._consumed[idx] += amt
+        e.remaining = e.remaining - from_alloc
+        e.consumed = e.consumed + amt
+        if amounts is None:
+            e.state = ClaimState.FINISHED
+
+    def release(self, claim_id: str, now: float = 0.0) -> None:
+        e = self._entry(claim_id)
+        check_time("time", now)
+        self._require_granted(e, "release")
+        idx = e.idx
+        self._allocated[idx] -= e.remaining
+        self._unlocked[idx] += e.remaining
+        e.remaining = np.zeros_like(e.remaining)
+        e.state = ClaimState.FINISHED
+
+    def state(self, claim_id: str) -> ClaimState:
+        return self._entry(claim_id).state
+
+    def claim(self, claim_id: str) -> ClaimRecord:
+        e = self._entry(claim_id)
+        v = self.composition.value
+        return ClaimRecord(
+            claim=e.claim,
+            state=e.state,
+            granted_at=e.granted_at,
+            decided_at=e.decided_at,
+            reason=e.reason,
+            remaining=MappingProxyType({b: v(e.remaining[k]) for k, b in enumerate(e.claim.blocks)}),
+            consumed=MappingProxyType({b: v(e.consumed[k]) for k, b in enumerate(e.claim.blocks)}),
+        )
+
+    def claim_ids(self) -> Iterator[str]:
+        return iter(list(self._claims))
+
+    # ----- audit -------------------------------------------------------------------------------------------
+    def violations(self) -> list[InvariantViolation]:
+        n = self._n
+        out: list[InvariantViolation] = []
+        if n == 0:
+            return out
+        cap = self._cap[:n]
+        tol = self.composition.tolerance(cap) * 10 + 1e-300
+        L, U, A, C = self._locked[:n], self._unlocked[:n], self._allocated[:n], self._consumed[:n]
+        names = [b.id for b in self._blocks]
+        bad = np.abs(L + U + A + C - cap) > tol
+        for i in np.flatnonzero(bad.any(axis=1)):
+            out.append(InvariantViolation(1, f"block {names[i]}", "locked+unlocked+allocated+consumed ≠ capacity"))
+        for name, arr in (("locked", L), ("allocated", A), ("consumed", C)):
+            for i in np.flatnonzero((arr < -tol).any(axis=1)):
+                out.append(InvariantViolation(1, f"block {names[i]}", f"{name} is negative"))
+        within = self.composition.within(A + C, cap)
+        for i in np.flatnonzero(~within):
+            out.append(InvariantViolation(2, f"block {names[i]}", "allocated+consumed exceeds the capacity"))
+        # Claim-level bookkeeping must add up to the block buckets (invariants 3 and 4).
+        alloc = np.zeros_like(A)
+        cons = np.zeros_like(C)
+        for cid, e in self._claims.items():
+            if e.state in (ClaimState.WAITING, ClaimState.REJECTED):
+                if e.remaining.any() or e.consumed.any():
+                    out.append(InvariantViolation(3, f"claim {cid}", "holds budget without a grant"))
+                continue
+            np.add.at(alloc, e.idx, e.remaining)
+            np.add.at(cons, e.idx, e.consumed)
+            if (e.consumed > e.demand + self.composition.tolerance(cap[e.idx])).any():
+                out.append(InvariantViolation(4, f"claim {cid}", "consumed more than granted"))
+        for i in np.flatnonzero((np.abs(alloc - A) > tol).any(axis=1)):
+            out.append(InvariantViolation(3, f"block {names[i]}", "allocated ≠ sum of granted claims' remainders"))
+        for i in np.flatnonzero((np.abs(cons - C) > tol).any(axis=1)):
+            out.append(InvariantViolation(4, f"block {names[i]}", "consumed ≠ sum of claims' consumption"))
+        if not math.isfinite(float(np.sum(U))):
+            out.append(InvariantViolation(1, "ledger", "non-finite unlocked budget"))
+        return out

@@ -1,0 +1,250 @@
+"""The scheduler: ties a ledger, a policy and a clock; the single entry point for blocks, claims and time.
+
+It owns the waiting queue, the set of blocks that gained unlocked budget since the last pass ("dirty"), the
+claims that arrived since then, and the claims' deadlines. One :meth:`Scheduler.step` is one instant of the
+model: time-driven unlocks due now, expiry of claims whose deadline has come, then one scheduling pass whose
+decisions are applied through the ledger (which checks the invariants again). The same code runs under the
+simulator's :class:`~dpf_sched.clock.ManualClock` and under the wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from dpf_sched.block import Block
+from dpf_sched.budget import Budget
+from dpf_sched.claim import Claim
+from dpf_sched.clock import Clock, ManualClock
+from dpf_sched.errors import InvalidParameterError
+from dpf_sched.ledger.base import ClaimRecord, ClaimState, Ledger
+from dpf_sched.policies.base import Decision, PassContext, Policy, Unlock, Verdict
+from dpf_sched.policies.registry import create_policy
+from dpf_sched.queue import ClaimQueue, QueuedClaim
+from dpf_sched.selector import BlockSelector
+
+logger = logging.getLogger(__name__)
+
+
+def share_key(shares: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, ...]:
+    """Per-block shares in descending order with trailing zeros dropped (the lexicographic tie-break key)."""
+    s = sorted((float(x) for x in shares), reverse=True)
+    while s and s[-1] == 0.0:
+        s.pop()
+    return tuple(s)
+
+
+class Scheduler:
+    """Schedules claims on a ledger with a policy.
+
+    Parameters
+    ----------
+    ledger
+        The budget state (any :class:`~dpf_sched.ledger.Ledger` backend).
+    policy
+        A :class:`~dpf_sched.policies.Policy` instance, or a registered policy name.
+    clock
+        Time source; a :class:`ManualClock` at 0 by default.
+    policy_params
+        Parameters when ``policy`` is a name.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: Policy | str,
+        clock: Clock | None = None,
+        **policy_params: Any,
+    ) -> None:
+        if isinstance(policy, str):
+            policy = create_policy(policy, **policy_params)
+        elif policy_params:
+            raise InvalidParameterError("policy parameters are only accepted with a policy name")
+        if not isinstance(policy, Policy):
+            raise InvalidParameterError(f"policy must be a Policy or a name, got {type(policy).__name__}")
+        policy.attach(ledger)
+        self.ledger = ledger
+        self.policy = policy
+        self.clock: Clock = clock if clock is not None else ManualClock()
+        self.queue = ClaimQueue(ledger.composition)
+        self._dirty: set[int] = set()
+        self._arrivals: list[QueuedClaim] = []
+        self._deadlines: list[tuple[float, int]] = []
+        self._seq = 0
+        self._last = -math.inf
+        self._next_unlock: float | None = None
+
+    # ----- time -------------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        t = float(self.clock.now())
+        if t < self._last:
+            raise InvalidParameterError(f"clock went backwards: {t} < {self._last}")
+        self._last = t
+        return t
+
+    def _apply_unlock(self, unlock: Unlock | None) -> None:
+        if unlock is None or unlock.blocks.size == 0:
+            return
+        before = self.ledger.unlocked_fraction[unlock.blocks].copy()
+        self.ledger.unlock_to(unlock.blocks, unlock.fractions)
+        grew = unlock.blocks[self.ledger.unlocked_fraction[unlock.blocks] > before]
+        self._dirty.update(grew.tolist())
+
+    def _refresh_next_unlock(self, now: float) -> None:
+        self._next_unlock = self.policy.unlocker.next_time(now, self.ledger)
+
+    def next_wakeup(self) -> float | None:
+        """The next time at which something happens without a new event (a timed unlock or an expiry)."""
+        times = []
+        if self._next_unlock is not None:
+            times.append(self._next_unlock)
+        while self._deadlines and self._deadlines[0][1] not in self.queue:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        return min(times) if times else None
+
+    # ----- blocks -----------------------------------------------------------------------------------------
+    def add_block(self, block: Block) -> None:
+        """Add a block (fully locked, then unlocked as the policy says at creation)."""
+        now = self._now()
+        idx = self.ledger.add_block(block)
+        frac = self.policy.unlocker.on_block(idx, block.created, self.ledger)
+        if frac > 0:
+            self._apply_unlock(Unlock(np.array([idx], dtype=np.int64), np.array([frac])))
+        self._refresh_next_unlock(now)
+
+    def retire_block(self, block_id: str) -> None:
+        """Retire a block; claims waiting on it are rejected at the next step."""
+        self.ledger.retire(block_id)
+        self._dirty.add(self.ledger.block_index(block_id))
+
+    # ----- claims -----------------------------------------------------------------------------------------
+    def submit(self, claim: Claim) -> str:
+        """Submit a claim; its arrival is stamped with the clock's time. Returns the claim id.
+
+        A claim whose demand exceeds what its blocks could ever provide (capacity minus what is consumed) is
+        rejected at once ("never"); any other claim waits for a pass.
+        """
+        if not isinstance(claim, Claim):
+            raise InvalidParameterError(f"submit takes a Claim, got {type(claim).__name__}")
+        now = self._now()
+        claim = replace(claim, arrival=now)
+        idx, demand = self.ledger.add_claim(claim)
+        cap = self.ledger.capacity[idx]
+        comp = self.ledger.composition
+        handle = self._seq
+        self._seq += 1
+        q = QueuedClaim(
+            handle=handle,
+            id=claim.id,
+            arrival=now,
+            seq=handle,
+            deadline=claim.deadline,
+            weight=claim.weight,
+            owner=claim.owner,
+            idx=idx,
+            demand=demand,
+            shares=share_key(comp.shares(demand, cap)),
+        )
+        self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
+        possible = comp.fits(demand, cap - self.ledger.consumed[idx], cap)
+        if not bool(possible.all()):
+            bad = claim.blocks[int(np.argmin(possible))]
+            self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
+            return claim.id
+        self.queue.add(q)
+        self._arrivals.append(q)
+        if math.isfinite(q.deadline):
+            heapq.heappush(self._deadlines, (q.deadline, handle))
+        return claim.id
+
+    def submit_request(
+        self,
+        claim_id: str,
+        selector: BlockSelector,
+        demand: Budget,
+        **claim_fields: Any,
+    ) -> str:
+        """Submit a claim for ``demand`` on every block the ``selector`` picks among the current blocks."""
+        blocks = selector.select(self.ledger.blocks())
+        return self.submit(Claim.uniform(claim_id, blocks, demand, **claim_fields))
+
+    def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None) -> None:
+        """Spend part of a grant (``amounts`` per block) or all of it (``None``, which finishes the claim)."""
+        self.ledger.consume(claim_id, amounts, self._now())
+
+    def release(self, claim_id: str) -> None:
+        """Return the unspent rest of a grant to the unlocked pool and finish the claim."""
+        record = self.ledger.claim(claim_id)
+        self.ledger.release(claim_id, self._now())
+        if any(not b.is_zero() for b in record.remaining.values()):
+            self._dirty.update(self.ledger.block_index(b) for b in record.claim.blocks)
+
+    def status(self, claim_id: str) -> ClaimRecord:
+        """A snapshot of a claim (state, grant time, what remains and what was consumed)."""
+        return self.ledger.claim(claim_id)
+
+    # ----- passes -----------------------------------------------------------------------------------------
+    def _expire(self, now: float) -> list[Decision]:
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, h = heapq.heappop(self._deadlines)
+            if h in self.queue:
+                out.append(Decision(h, Verdict.REJECT, "timeout"))
+        return out
+
+    def _reject_retired(self) -> list[Decision]:
+        retired = self.ledger.retired_mask
+        out = []
+        for b in list(self._dirty):
+            if b < retired.shape[0] and retired[b]:
+                for h in self.queue.waiting_on(b).tolist():
+                    out.append(Decision(h, Verdict.REJECT, "block retired"))
+        return out
+
+    def _apply(self, decisions: list[Decision], now: float) -> None:
+        for d in decisions:
+            if d.handle not in self.queue:
+                continue
+            q = self.queue.get(d.handle)
+            if d.verdict is Verdict.GRANT:
+                self.ledger.allocate(q.id, now)
+            elif d.verdict is Verdict.REJECT:
+                self.ledger.reject(q.id, now, d.reason or "rejected by policy")
+            else:
+                continue
+            self.queue.remove(d.handle)
+
+    def step(self) -> list[Decision]:
+        """One instant at the clock's time: due unlocks, expiries, then one pass. Returns applied decisions."""
+        now = self._now()
+        if self._next_unlock is not None and self._next_unlock <= now:
+            self._apply_unlock(self.policy.unlocker.at_time(now, self.ledger))
+            self._refresh_next_unlock(now)
+        applied = self._expire(now) + self._reject_retired()
+        self._apply(applied, now)
+        if self._dirty or self._arrivals:
+            ctx = PassContext(
+                now=now,
+                ledger=self.ledger,
+                queue=self.queue,
+                dirty=np.fromiter(sorted(self._dirty), dtype=np.int64, count=len(self._dirty)),
+                arrivals=self._arrivals,
+            )
+            decisions = self.policy.schedule(ctx)
+            self._dirty = set()
+            self._arrivals = []
+            self._apply(decisions, now)
+            applied.extend(decisions)
+        return applied
+
+    def states(self) -> dict[str, ClaimState]:
+        """Every claim's state, by id."""
+        return {cid: self.ledger.state(cid) for cid in self.ledger.claim_ids()}
