@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+
 import numpy as np
 import numpy.typing as npt
 from scipy import special
@@ -56,9 +57,13 @@ CONVERSIONS: tuple[str, ...] = ("balle", "classic")
 _SERIES_REL_TOL = 1e-15
 _SERIES_FIRST_CHUNK = 512
 _SERIES_MAX_CHUNK = 1 << 16
-_SERIES_MAX_TERMS = 1 << 21
+_SERIES_MAX_TERMS = 1 << 20
 # Integer orders are summed in chunks of this many binomial terms to bound memory for huge α.
 _BINOMIAL_CHUNK = 1 << 16
+# Fractional orders with very large σ use Gauss-Hermite quadrature instead of the series (see _log_a_hermite).
+_HERMITE_MIN_SIGMA = 10.0
+_HERMITE_MAX_ALPHA_OVER_SIGMA = 12.0
+_HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(120)
 # Largest σ tried by ``calibrate_noise_multiplier`` before declaring the target unattainable.
 _CALIBRATION_SIGMA_MAX = 1e7
 
@@ -217,9 +222,9 @@ def laplace_rdp(alphas: npt.ArrayLike, scale: float, sensitivity: float = 1.0) -
 
         ε(α) = 1/(α-1) · log( α/(2α-1) · exp((α-1)λ) + (α-1)/(2α-1) · exp(-αλ) ).
 
-    The log is evaluated without overflow for large ``α`` and ``λ`` (log-sum-exp), and without the
-    ``log(1 + tiny)`` cancellation for small ``λ`` (where ``ε(α) ≈ αλ²/2``), so that both regimes keep full
-    relative precision.
+    The log is evaluated without overflow for large ``α`` and ``λ`` (``exp((α-1)λ)`` is factored out), and
+    without the ``log(1 + tiny)`` cancellation for small ``λ`` (where ``ε(α) ≈ αλ²/2``), so that both regimes
+    keep full relative precision.
 
     Parameters
     ----------
@@ -243,25 +248,27 @@ def laplace_rdp(alphas: npt.ArrayLike, scale: float, sensitivity: float = 1.0) -
     a = _alphas(alphas)
     lam = _positive("sensitivity", sensitivity) / _positive("scale", scale)
     if not math.isfinite(lam):
-        raise InvalidParameterError(f"sensitivity/scale overflows: sensitivity={sensitivity!r}, scale={scale!r}")
+        raise InvalidParameterError(
+            f"sensitivity/scale overflows: sensitivity={sensitivity!r}, scale={scale!r}"
+        )
     am1 = a - 1.0
     two_am1 = 2.0 * a - 1.0
     out = np.empty_like(a)
     # Small-λ regime: the bracket equals 1 + [α·h((α-1)λ) + (α-1)·h(-αλ)]/(2α-1) with h(x) = eˣ - 1 - x >= 0,
     # a sum of non-negative terms, so log1p of it is exact to rounding.
-    small = am1 * lam <= 1.0
+    small = am1 <= 1.0 / lam  # i.e. (α-1)λ <= 1, written so that it cannot overflow
     if np.any(small):
         s_a, s_am1, s_2 = a[small], am1[small], two_am1[small]
         excess = (s_a * _expm1_minus_x(s_am1 * lam) + s_am1 * _expm1_minus_x(-s_a * lam)) / s_2
         out[small] = np.log1p(excess) / s_am1
     big = ~small
     if np.any(big):
+        # Factor out exp((α-1)λ): ε = λ + [log(α/(2α-1)) + log1p((α-1)/α · exp(-(2α-1)λ))]/(α-1), which
+        # never forms exp of a large number (the exponential below underflows harmlessly to 0).
         b_a, b_am1, b_2 = a[big], am1[big], two_am1[big]
-        log_bracket = np.logaddexp(
-            np.log(b_a) - np.log(b_2) + b_am1 * lam,
-            np.log(b_am1) - np.log(b_2) - b_a * lam,
-        )
-        out[big] = log_bracket / b_am1
+        with np.errstate(over="ignore", under="ignore"):
+            tail = np.log1p(b_am1 / b_a * np.exp(-(b_2 * lam)))
+        out[big] = lam + (np.log(b_a) - np.log(b_2) + tail) / b_am1
     return np.asarray(out, dtype=np.float64)
 
 
@@ -342,7 +349,7 @@ def gaussian_sigma_for(epsilon: float, delta: float, sensitivity: float = 1.0) -
     Raises
     ------
     InvalidParameterError
-        If ``epsilon`` or ``delta`` lies outside ``(0, 1)`` or ``sensitivity`` is not a finite positive number.
+        If ``epsilon`` or ``delta`` lies outside ``(0, 1)``, or ``sensitivity`` is not finite and positive.
     """
     eps = _open_unit("epsilon", epsilon)
     dlt = _open_unit("delta", delta)
@@ -362,9 +369,9 @@ def gaussian_sigma_for(epsilon: float, delta: float, sensitivity: float = 1.0) -
 def _log_a_integer(alpha: int, q: float, sigma: float) -> float:
     """``log A_α`` for integer ``α >= 2`` by the exact binomial expansion (Mironov et al. 2019, Sec. 3.3).
 
-    ``A_α = Σ_k w_k exp((k²-k)/(2σ²))`` with ``w_k = C(α,k)(1-q)^(α-k) q^k`` the Binomial(α, q) pmf. Since
-    ``Σ_k w_k = 1`` and the k = 0, 1 exponents vanish, ``A_α - 1 = Σ_{k>=2} w_k expm1((k²-k)/(2σ²))``: a sum of
-    positive terms, computed by log-sum-exp.
+    ``A_α = Σ_k w_k exp((k²-k)/(2σ²))`` with ``w_k = C(α,k)(1-q)^(α-k) q^k`` the Binomial(α, q) pmf.
+    Since ``Σ_k w_k = 1`` and the k = 0, 1 exponents vanish, ``A_α - 1 = Σ_{k>=2} w_k expm1((k²-k)/(2σ²))``:
+    a sum of positive terms, computed by log-sum-exp.
     """
     log_q = math.log(q)
     log_1mq = math.log1p(-q)
@@ -395,9 +402,13 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
     subtracting huge numbers; elsewhere ``½ erfc`` is a normal CDF evaluated by ``log_ndtr``. The first two
     A1 terms are combined with the ``-1`` analytically (see the body) so that ``A - 1`` has no cancellation.
 
-    For ``k > α`` the binomial coefficients alternate in sign and the term magnitudes decrease, so the
-    truncation error is bounded by the first omitted term: summation stops when that is below
-    ``_SERIES_REL_TOL · |A - 1|``, or after ``_SERIES_MAX_TERMS`` terms (logged).
+    For ``k > α`` the binomial coefficients alternate in sign, and the magnitudes ``a_k`` of ``A1_k + A2_k``
+    (both of the sign of ``C(α,k)``) form a decreasing log-convex, hence convex, sequence: ``|C(α,k)|`` has
+    increasing ratios ``(k-α)/(k+1)`` and ``erfcx`` is completely monotone. For such alternating series the
+    remainder after ``a_N`` lies between ``a_{N+1}/2`` and ``a_N/2``; so we add half of the last computed
+    term and stop once the remaining uncertainty ``(a_{N-1} - a_N)/2`` is below ``_SERIES_REL_TOL · |A - 1|``,
+    or after ``_SERIES_MAX_TERMS`` terms (logged). This needs far fewer terms than waiting for ``a_N`` itself
+    to vanish (the tail decays only like ``k^(-α-2)``).
     """
     log_q = math.log(q)
     log_1mq = math.log1p(-q)
@@ -446,19 +457,32 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
         x2 = (z0 - j) / rt2s
         t2 = np.empty_like(k)
         m = x2 <= 0.0
-        t2[m] = k[m] * log_1mq + j[m] * log_q + (j[m] * j[m] - j[m]) / two_s2 + special.log_ndtr(-math.sqrt(2.0) * x2[m])
+        t2[m] = (
+            k[m] * log_1mq
+            + j[m] * log_q
+            + (j[m] * j[m] - j[m]) / two_s2
+            + special.log_ndtr(-math.sqrt(2.0) * x2[m])
+        )
         t2[~m] = log_const + _log_erfcx_half(x2[~m])
         return np.asarray(log_binom + np.logaddexp(t1, t2), dtype=np.float64), sign
 
-    # The first chunk covers every k <= α + margin, hence the largest term (magnitudes decrease for k > (α-1)/2).
+    # The first chunk covers every k <= α + margin, hence the largest term
+    # (magnitudes decrease for k > (α-1)/2).
     size = max(_SERIES_FIRST_CHUNK, math.ceil(alpha) + 64)
     k = np.arange(0, size, dtype=np.float64)
     log_mag, sign = terms(k)
     shift = max(0.0, float(np.max(log_mag)))
-    partial = [head * math.exp(-shift), math.fsum(sign * np.exp(log_mag - shift))]
+    partial = [head * math.exp(-shift), math.fsum((sign * np.exp(log_mag - shift)).tolist())]
     done = size
-    total = math.fsum(partial)
-    while math.exp(float(log_mag[-1]) - shift) > _SERIES_REL_TOL * abs(total):
+
+    def estimate() -> tuple[float, float]:
+        """Sum so far with the last term halved, and the bound on its truncation error (both × e^-shift)."""
+        last = math.exp(float(log_mag[-1]) - shift)
+        before = math.exp(float(log_mag[-2]) - shift)
+        return math.fsum([*partial, -0.5 * float(sign[-1]) * last]), 0.5 * (before - last)
+
+    total, bound = estimate()
+    while bound > _SERIES_REL_TOL * abs(total):
         if done >= _SERIES_MAX_TERMS:
             logger.warning(
                 "sampled-Gaussian series did not reach relative tolerance %g after %d terms "
@@ -468,20 +492,62 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
                 alpha,
                 q,
                 sigma,
-                math.exp(float(log_mag[-1]) - shift) / abs(total) if total else math.inf,
+                bound / abs(total) if total else math.inf,
             )
             break
         size = min(2 * size, _SERIES_MAX_CHUNK)
         k = np.arange(done, done + size, dtype=np.float64)
         log_mag, sign = terms(k)
-        partial.append(math.fsum(sign * np.exp(log_mag - shift)))
+        partial.append(math.fsum((sign * np.exp(log_mag - shift)).tolist()))
         done += size
-        total = math.fsum(partial)
+        total, bound = estimate()
 
     # A - 1 = e^shift · total, and A >= 1 mathematically: clamp rounding noise at 0.
     if shift == 0.0:
         return math.log1p(max(total, 0.0))
     return shift + math.log(max(total, 0.0) + math.exp(-shift))
+
+
+def _binomial_excess(alpha: float, x: FloatArray) -> FloatArray:
+    """``(1 + x)^α - 1 - αx`` element-wise for ``x > -1``; >= 0 by convexity, accurate also for tiny ``|x|``.
+
+    Where ``|x|(α+1) <= 1`` the binomial series ``Σ_{k>=2} C(α,k) x^k`` converges geometrically (ratio <= 1/2
+    after the first terms) without cancellation worth speaking of; elsewhere, writing ``α = 1 + β``,
+    ``(1+x)·expm1(β log1p(x)) - βx`` keeps the result's relative precision even for ``α`` close to 1.
+    """
+    out = np.empty_like(x)
+    small = np.abs(x) * (alpha + 1.0) <= 1.0
+    xs = x[small]
+    term = alpha * xs
+    total = np.zeros_like(xs)
+    for k in range(2, 200):
+        term = term * ((alpha - k + 1.0) / k) * xs
+        total = total + term
+        if not np.any(np.abs(term) > 1e-18 * np.abs(total)):
+            break
+    out[small] = total
+    xb = x[~small]
+    beta = alpha - 1.0
+    out[~small] = (1.0 + xb) * np.expm1(beta * np.log1p(xb)) - beta * xb
+    return out
+
+
+def _log_a_hermite(alpha: float, q: float, sigma: float) -> float:
+    """``log A_α`` for large σ by Gauss-Hermite quadrature of ``A_α - 1 = E_{z~μ0}[(1 + qY)^α - 1 - αqY]``.
+
+    Here ``Y = μ1(z)/μ0(z) - 1 = expm1((2z-1)/(2σ²))`` has mean 0, so the subtracted ``αqY`` integrates to 0
+    and the integrand is non-negative. This is the same quantity as the series of ``_log_a_fractional``, which
+    for very large σ converges slowly (terms only start to decay once k exceeds ~σ) and loses relative
+    precision (``A - 1 ~ q²/σ²`` is a difference of O(q²) terms). For σ >= ``_HERMITE_MIN_SIGMA`` and
+    ``α <= _HERMITE_MAX_ALPHA_OVER_SIGMA · σ``, ``Y`` is a smooth function of a normal variable with standard
+    deviation ``1/σ`` and its singularities lie ~πσ away from the real axis, so a fixed Gauss-Hermite rule
+    is accurate to rounding.
+    """
+    u = _HERMITE_NODES
+    w = (u / sigma) - 0.5 / (sigma * sigma)
+    values = _binomial_excess(alpha, q * np.expm1(w))
+    excess = math.fsum((_HERMITE_WEIGHTS * values).tolist()) / math.sqrt(2.0 * math.pi)
+    return math.log1p(max(excess, 0.0))
 
 
 def subsampled_gaussian_rdp(
@@ -534,6 +600,8 @@ def subsampled_gaussian_rdp(
     for i, alpha in enumerate(a.tolist()):
         if float(alpha).is_integer():
             log_a = _log_a_integer(int(alpha), q, sigma)
+        elif sigma >= _HERMITE_MIN_SIGMA and alpha <= _HERMITE_MAX_ALPHA_OVER_SIGMA * sigma:
+            log_a = _log_a_hermite(alpha, q, sigma)
         else:
             log_a = _log_a_fractional(alpha, q, sigma)
         out[i] = log_a / (alpha - 1.0)
@@ -581,8 +649,8 @@ def rdp_to_epsilon(
     Raises
     ------
     InvalidParameterError
-        On an invalid order, a length mismatch, a NaN or negative RDP value, ``delta`` outside ``(0, 1)`` or an
-        unknown conversion name.
+        On an invalid order, a length mismatch, a NaN or negative RDP value, ``delta`` outside ``(0, 1)``, or
+        an unknown conversion name.
     """
     a = _alphas(alphas)
     try:
@@ -590,7 +658,9 @@ def rdp_to_epsilon(
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"rdp must be a 1-D sequence of real numbers, got {rdp!r}") from exc
     if r.shape != a.shape:
-        raise InvalidParameterError(f"rdp must have the same length as alphas ({a.size}), got shape {r.shape}")
+        raise InvalidParameterError(
+            f"rdp must have the same length as alphas ({a.size}), got shape {r.shape}"
+        )
     bad = np.flatnonzero(np.isnan(r) | (r < 0.0))
     if bad.size:
         i = int(bad[0])

@@ -71,6 +71,29 @@ def _check_number(name: str, value: Any, *, positive: bool = False) -> float:
     return x
 
 
+def check_alphas(orders: Any) -> tuple[float, ...]:
+    """Validate Rényi orders: a non-empty, strictly increasing sequence of finite numbers > 1."""
+    if isinstance(orders, (str, bytes)) or not isinstance(orders, (Sequence, np.ndarray)):
+        raise InvalidParameterError(f"α grid must be a sequence of numbers, got {orders!r}")
+    values_list = []
+    for a in orders:
+        if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
+            raise InvalidParameterError(f"α grid holds a non-number {a!r}")
+        values_list.append(float(a))
+    values = tuple(values_list)
+    if not values:
+        raise InvalidParameterError("α grid is empty")
+    for a in values:
+        if math.isnan(a) or math.isinf(a):
+            raise InvalidParameterError(f"α grid holds a non-finite order {a}")
+        if a <= 1.0:
+            raise InvalidParameterError(f"α grid holds order {a}; Rényi orders must be > 1")
+    for a, b in zip(values, values[1:], strict=False):
+        if b <= a:
+            raise InvalidParameterError(f"α grid must be strictly increasing, got {a} then {b}")
+    return values
+
+
 @dataclass(frozen=True)
 class AlphaGrid:
     """A strictly increasing tuple of Rényi orders α > 1 shared by every curve of one ledger.
@@ -82,20 +105,7 @@ class AlphaGrid:
     _array: FloatArray = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        try:
-            orders = tuple(float(a) for a in self.orders)
-        except (TypeError, ValueError):
-            raise InvalidParameterError(f"α grid must be a sequence of numbers, got {self.orders!r}") from None
-        if not orders:
-            raise InvalidParameterError("α grid is empty")
-        for a in orders:
-            if math.isnan(a) or math.isinf(a):
-                raise InvalidParameterError(f"α grid holds a non-finite order {a}")
-            if a <= 1.0:
-                raise InvalidParameterError(f"α grid holds order {a}; Rényi orders must be > 1")
-        for a, b in zip(orders, orders[1:], strict=False):
-            if b <= a:
-                raise InvalidParameterError(f"α grid must be strictly increasing, got {a} then {b}")
+        orders = check_alphas(self.orders)
         object.__setattr__(self, "orders", orders)
         arr = np.asarray(orders, dtype=np.float64)
         arr.flags.writeable = False
@@ -168,9 +178,11 @@ class RenyiCurve:
         if not isinstance(self.grid, AlphaGrid):
             raise InvalidParameterError(f"grid must be an AlphaGrid, got {type(self.grid).__name__}")
         try:
-            arr = np.array(self.values, dtype=np.float64).reshape(-1)
+            arr = np.array(self.values, dtype=np.float64)
         except (TypeError, ValueError):
             raise InvalidBudgetError(f"Rényi curve values must be numbers, got {self.values!r}") from None
+        if arr.ndim != 1:
+            raise InvalidBudgetError(f"Rényi curve values must be a flat sequence, got shape {arr.shape}")
         if arr.shape[0] != len(self.grid):
             raise AlphaGridMismatchError(
                 f"Rényi curve has {arr.shape[0]} values but the α grid has {len(self.grid)} orders"
@@ -242,7 +254,7 @@ def epsdelta_to_rdp_capacity(
     d = _check_number("delta", delta, positive=True)
     if d >= 1.0:
         raise InvalidBudgetError(f"delta must be < 1, got {d}")
-    a = np.asarray(alphas, dtype=np.float64)
+    a = np.asarray(check_alphas(alphas))
     conv = Conversion.parse(conversion)
     if conv is Conversion.CLASSIC:
         g = eps - math.log(1.0 / d) / (a - 1.0)
@@ -265,19 +277,26 @@ def rdp_to_epsilon(
     d = _check_number("delta", delta, positive=True)
     if d >= 1.0:
         raise InvalidBudgetError(f"delta must be < 1, got {d}")
-    a = np.asarray(alphas, dtype=np.float64)
-    r = np.asarray(rdp, dtype=np.float64)
+    a = np.asarray(check_alphas(alphas))
+    try:
+        r = np.asarray(rdp, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidBudgetError(f"RDP values must be numbers, got {rdp!r}") from None
     if a.shape != r.shape:
         raise AlphaGridMismatchError(f"{r.shape[0]} RDP values for {a.shape[0]} orders")
+    bad = np.isnan(r) | (r < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidBudgetError(f"RDP value at α={a[i]} is {r[i]}; values must be ≥ 0 (inf is allowed)")
     conv = Conversion.parse(conversion)
     if conv is Conversion.CLASSIC:
         eps = r + math.log(1.0 / d) / (a - 1.0)
     else:
         eps = r + np.log((a - 1.0) / a) - (math.log(d) + np.log(a)) / (a - 1.0)
-    i = int(np.nanargmin(eps))
+    i = int(np.argmin(eps))
     return max(0.0, float(eps[i])), float(a[i])
 
 
 def curve(grid: AlphaGrid, values: Iterable[float]) -> RenyiCurve:
     """Shorthand for ``RenyiCurve(grid, values)``."""
-    return RenyiCurve(grid, np.asarray(list(values), dtype=np.float64))
+    return RenyiCurve(grid, list(values))  # type: ignore[arg-type]  # validated by RenyiCurve

@@ -10,7 +10,7 @@ from typing import Any
 
 from dpf_sched.block import check_id, check_time
 from dpf_sched.budget import Budget, EpsDelta, RenyiCurve
-from dpf_sched.errors import CompositionMismatchError, InvalidBudgetError, InvalidParameterError
+from dpf_sched.errors import AlphaGridMismatchError, CompositionMismatchError, InvalidBudgetError, InvalidParameterError
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Claim:
             raise CompositionMismatchError(f"claim {self.id}: mixes (ε, δ) and Rényi demands")
         curves = [b for b in demand.values() if isinstance(b, RenyiCurve)]
         if curves and any(c.grid != curves[0].grid for c in curves):
-            raise CompositionMismatchError(f"claim {self.id}: demands on different α grids")
+            raise AlphaGridMismatchError(f"claim {self.id}: demands on different α grids")
         object.__setattr__(self, "demand", MappingProxyType(demand))
         object.__setattr__(self, "_blocks", tuple(demand))
         if self.timeout is not None:

@@ -26,7 +26,10 @@ class ManualClock:
     """A clock that moves only when told to; the simulator's clock. Time never goes backwards."""
 
     def __init__(self, start: float = 0.0) -> None:
-        self._now = float(start)
+        t = float(start)
+        if not math.isfinite(t):
+            raise InvalidParameterError(f"start time must be finite, got {start}")
+        self._now = t
 
     def now(self) -> float:
         return self._now

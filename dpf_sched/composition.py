@@ -56,6 +56,14 @@ class Composition(ABC):
         """Per row: can ``demand`` be taken out of ``available``? Shapes (M, width) → (M,)."""
 
     @abstractmethod
+    def shortfall(self, demand: FloatArray, available: FloatArray, capacity: FloatArray) -> FloatArray:
+        """Per row: how far ``demand`` is from fitting, in capacity units; ≤ 0 exactly when it fits.
+
+        Basic: the worst column's ``(d − available − tol) / capacity``. Rényi: the best usable order's.
+        A policy uses it to wait on the block that is furthest from fitting.
+        """
+
+    @abstractmethod
     def within(self, spent: FloatArray, capacity: FloatArray) -> BoolArray:
         """Per row: is ``spent`` (allocated + consumed) within the block's guarantee? (M, width) → (M,)."""
 
@@ -66,8 +74,7 @@ class Composition(ABC):
         """
         cap = np.asarray(capacity, dtype=np.float64)
         d = np.asarray(demand, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(cap > 0, d / np.where(cap > 0, cap, 1.0), np.where(d > 0, np.inf, 0.0))
+        ratio = np.divide(d, cap, out=np.where(d > 0, np.inf, 0.0), where=cap > 0)
         return np.asarray(ratio.max(axis=-1), dtype=np.float64)
 
     @staticmethod
@@ -97,8 +104,14 @@ class BasicComposition(Composition):
         return EpsDelta(float(r[0]), float(min(r[1], np.nextafter(1.0, 0.0))))
 
     def fits(self, demand: FloatArray, available: FloatArray, capacity: FloatArray) -> BoolArray:
-        ok = demand <= available + self.tolerance(capacity)
-        return np.asarray(ok.all(axis=-1))
+        ok = demand <= available + capacity * REL_TOL
+        return np.logical_and.reduce(ok, axis=-1)  # type: ignore[no-any-return]
+
+    def shortfall(self, demand: FloatArray, available: FloatArray, capacity: FloatArray) -> FloatArray:
+        gap = demand - available - capacity * REL_TOL
+        # A zero-capacity column: any positive gap there can never close (inf); otherwise it is 0.
+        ratio = np.divide(gap, capacity, out=np.where(gap > 0, np.inf, 0.0), where=capacity > 0)
+        return np.asarray(ratio.max(axis=-1))
 
     def within(self, spent: FloatArray, capacity: FloatArray) -> BoolArray:
         return np.asarray((spent <= capacity + self.tolerance(capacity)).all(axis=-1))
@@ -132,8 +145,13 @@ class RenyiComposition(Composition):
         return RenyiCurve(self.grid, np.maximum(np.asarray(row, dtype=np.float64), 0.0))
 
     def fits(self, demand: FloatArray, available: FloatArray, capacity: FloatArray) -> BoolArray:
-        ok = (demand <= available + self.tolerance(capacity)) & (capacity > 0)
-        return np.asarray(ok.any(axis=-1))
+        ok = (demand <= available + capacity * REL_TOL) & (capacity > 0)
+        return np.logical_or.reduce(ok, axis=-1)  # type: ignore[no-any-return]
+
+    def shortfall(self, demand: FloatArray, available: FloatArray, capacity: FloatArray) -> FloatArray:
+        gap = demand - available - capacity * REL_TOL
+        ratio = np.divide(gap, capacity, out=np.full(gap.shape, np.inf), where=capacity > 0)
+        return np.asarray(ratio.min(axis=-1))
 
     def within(self, spent: FloatArray, capacity: FloatArray) -> BoolArray:
         ok = (spent <= capacity + self.tolerance(capacity)) & (capacity > 0)
@@ -144,8 +162,7 @@ class RenyiComposition(Composition):
         # order gives an infinite share.
         cap = np.asarray(capacity, dtype=np.float64)
         d = np.asarray(demand, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(cap > 0, d / np.where(cap > 0, cap, 1.0), -np.inf)
+        ratio = np.divide(d, cap, out=np.full(np.broadcast_shapes(d.shape, cap.shape), -np.inf), where=cap > 0)
         out = ratio.max(axis=-1)
         return np.asarray(np.where(np.isneginf(out), np.inf, out), dtype=np.float64)
 

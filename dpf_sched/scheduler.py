@@ -13,7 +13,7 @@ import heapq
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,15 @@ from dpf_sched.queue import ClaimQueue, QueuedClaim
 from dpf_sched.selector import BlockSelector
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision the scheduler applied: which claim, granted or rejected, and why."""
+
+    claim_id: str
+    verdict: Verdict
+    reason: str = ""
 
 
 def share_key(shares: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, ...]:
@@ -72,7 +81,7 @@ class Scheduler:
         self.ledger = ledger
         self.policy = policy
         self.clock: Clock = clock if clock is not None else ManualClock()
-        self.queue = ClaimQueue(ledger.composition)
+        self.queue = ClaimQueue(ledger.composition.width)
         self._dirty: set[int] = set()
         self._arrivals: list[QueuedClaim] = []
         self._deadlines: list[tuple[float, int]] = []
@@ -83,6 +92,8 @@ class Scheduler:
     # ----- time -------------------------------------------------------------------------------------------
     def _now(self) -> float:
         t = float(self.clock.now())
+        if not math.isfinite(t):
+            raise InvalidParameterError(f"clock returned a non-finite time {t}")
         if t < self._last:
             raise InvalidParameterError(f"clock went backwards: {t} < {self._last}")
         self._last = t
@@ -135,7 +146,8 @@ class Scheduler:
         if not isinstance(claim, Claim):
             raise InvalidParameterError(f"submit takes a Claim, got {type(claim).__name__}")
         now = self._now()
-        claim = replace(claim, arrival=now)
+        if claim.arrival != now:
+            claim = replace(claim, arrival=now)
         idx, demand = self.ledger.add_claim(claim)
         cap = self.ledger.capacity[idx]
         comp = self.ledger.composition
@@ -209,7 +221,8 @@ class Scheduler:
                     out.append(Decision(h, Verdict.REJECT, "block retired"))
         return out
 
-    def _apply(self, decisions: list[Decision], now: float) -> None:
+    def _apply(self, decisions: list[Decision], now: float) -> list[Outcome]:
+        out: list[Outcome] = []
         for d in decisions:
             if d.handle not in self.queue:
                 continue
@@ -221,15 +234,17 @@ class Scheduler:
             else:
                 continue
             self.queue.remove(d.handle)
+            self.policy.forget(d.handle)
+            out.append(Outcome(q.id, d.verdict, d.reason))
+        return out
 
-    def step(self) -> list[Decision]:
-        """One instant at the clock's time: due unlocks, expiries, then one pass. Returns applied decisions."""
+    def step(self) -> list[Outcome]:
+        """One instant at the clock's time: due unlocks, expiries, then one pass. Returns what was applied."""
         now = self._now()
         if self._next_unlock is not None and self._next_unlock <= now:
             self._apply_unlock(self.policy.unlocker.at_time(now, self.ledger))
             self._refresh_next_unlock(now)
-        applied = self._expire(now) + self._reject_retired()
-        self._apply(applied, now)
+        applied = self._apply(self._expire(now) + self._reject_retired(), now)
         if self._dirty or self._arrivals:
             ctx = PassContext(
                 now=now,
@@ -241,8 +256,7 @@ class Scheduler:
             decisions = self.policy.schedule(ctx)
             self._dirty = set()
             self._arrivals = []
-            self._apply(decisions, now)
-            applied.extend(decisions)
+            applied.extend(self._apply(decisions, now))
         return applied
 
     def states(self) -> dict[str, ClaimState]:

@@ -55,10 +55,13 @@ class BlockSelector:
             raise InvalidParameterError(
                 f"selector time range is empty: [{self.created_from}, {self.created_until})"
             )
-        for name in ("latest", "min_blocks"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "latest" else 0)):
-                raise InvalidParameterError(f"selector {name} must be a positive integer, got {v!r}")
+        if self.latest is not None and (
+            isinstance(self.latest, bool) or not isinstance(self.latest, int) or self.latest < 1
+        ):
+            raise InvalidParameterError(f"selector latest must be a positive integer, got {self.latest!r}")
+        mb = self.min_blocks
+        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
+            raise InvalidParameterError(f"selector min_blocks must be a non-negative integer, got {mb!r}")
 
     def select(self, blocks: Iterable[Block]) -> tuple[str, ...]:
         """The ids of the matching blocks, oldest first (ids order when ``ids`` is given)."""

@@ -71,6 +71,16 @@ class ClaimRecord:
     consumed: Mapping[str, Budget]
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimStatus:
+    """The light part of a claim's record: state, decision times and reason."""
+
+    state: ClaimState
+    granted_at: float | None
+    decided_at: float | None
+    reason: str | None
+
+
 @dataclass(frozen=True)
 class InvariantViolation:
     """One broken invariant: which (number as in DESIGN.md), where, and what was seen."""
@@ -181,6 +191,10 @@ class Ledger(ABC):
     @abstractmethod
     def state(self, claim_id: str) -> ClaimState:
         """The claim's state."""
+
+    @abstractmethod
+    def status(self, claim_id: str) -> ClaimStatus:
+        """State, decision times and reason of a claim (cheaper than :meth:`claim`)."""
 
     @abstractmethod
     def claim(self, claim_id: str) -> ClaimRecord:

@@ -233,6 +233,9 @@ class Policy(ABC):
             return (claim.dominant_share, claim.seq)
         return (claim.shares, claim.seq)
 
+    def forget(self, handle: int) -> None:
+        """The claim ``handle`` left the queue (granted, rejected or expired); drop any state kept for it."""
+
     @abstractmethod
     def schedule(self, ctx: PassContext) -> list[Decision]:
         """Decide grants and rejections for one pass; claims without a decision keep waiting."""

@@ -11,6 +11,7 @@ and ``dpf-sched simulate --policy my-policy`` finds it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib.metadata import entry_points
 from typing import Any
@@ -41,6 +42,7 @@ def register(cls: type[Policy], name: str | None = None) -> type[Policy]:
     return cls
 
 
+@functools.cache
 def _from_entry_points() -> dict[str, type[Policy]]:
     found: dict[str, type[Policy]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -61,6 +63,11 @@ def _from_entry_points() -> dict[str, type[Policy]]:
 def available() -> dict[str, type[Policy]]:
     """All policy classes by name: built-ins, entry points, then in-process registrations."""
     return {**_BUILTIN, **_from_entry_points(), **_extra}
+
+
+def refresh() -> None:
+    """Forget the cached entry points (after installing a plug-in in a running process)."""
+    _from_entry_points.cache_clear()
 
 
 def get_policy_class(name: str) -> type[Policy]:

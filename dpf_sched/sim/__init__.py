@@ -1,0 +1,1 @@
+"""Simulation: trace files, the discrete-event replay and its results."""
