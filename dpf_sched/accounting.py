@@ -144,7 +144,7 @@ def _alphas(alphas: npt.ArrayLike) -> FloatArray:
     bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 1.0)))
     if bad.size:
         i = int(bad[0])
-        raise InvalidParameterError(f"every alpha must be finite and > 1, got alphas[{i}] = {arr[i]!r}")
+        raise InvalidParameterError(f"every alpha must be finite and > 1, got alphas[{i}] = {float(arr[i])!r}")
     return arr
 
 
@@ -664,7 +664,7 @@ def rdp_to_epsilon(
     bad = np.flatnonzero(np.isnan(r) | (r < 0.0))
     if bad.size:
         i = int(bad[0])
-        raise InvalidParameterError(f"every rdp value must be >= 0 (inf allowed), got rdp[{i}] = {r[i]!r}")
+        raise InvalidParameterError(f"every rdp value must be >= 0 (inf allowed), got rdp[{i}] = {float(r[i])!r}")
     dlt = _open_unit("delta", delta)
     conv = _conversion(conversion)
     eps = _epsilon_candidates(a, r, dlt, conv)
