@@ -248,9 +248,7 @@ def laplace_rdp(alphas: npt.ArrayLike, scale: float, sensitivity: float = 1.0) -
     a = _alphas(alphas)
     lam = _positive("sensitivity", sensitivity) / _positive("scale", scale)
     if not math.isfinite(lam):
-        raise InvalidParameterError(
-            f"sensitivity/scale overflows: sensitivity={sensitivity!r}, scale={scale!r}"
-        )
+        raise InvalidParameterError(f"sensitivity/scale overflows: sensitivity={sensitivity!r}, scale={scale!r}")
     am1 = a - 1.0
     two_am1 = 2.0 * a - 1.0
     out = np.empty_like(a)
@@ -440,6 +438,9 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
         """Log-magnitude and sign of (A1_k + A2_k) for the given k (A1 omitted for k = 0, 1)."""
         log_binom = lg_alpha - special.gammaln(k + 1.0) - special.gammaln(alpha - k + 1.0)
         sign = np.asarray(special.gammasgn(alpha - k + 1.0), dtype=np.float64)
+        # For α within rounding of an integer, α - k + 1 can round onto a pole of Γ (gammasgn gives NaN there):
+        # the true coefficient is then O(ulp) and the term is dropped.
+        sign[~np.isfinite(log_binom) | np.isnan(sign)] = 0.0
         # A1_k: ½erfc(x1) with x1 = (k - z0)/(√2σ)
         x1 = (k - z0) / rt2s
         t1 = np.empty_like(k)
@@ -458,10 +459,7 @@ def _log_a_fractional(alpha: float, q: float, sigma: float) -> float:
         t2 = np.empty_like(k)
         m = x2 <= 0.0
         t2[m] = (
-            k[m] * log_1mq
-            + j[m] * log_q
-            + (j[m] * j[m] - j[m]) / two_s2
-            + special.log_ndtr(-math.sqrt(2.0) * x2[m])
+            k[m] * log_1mq + j[m] * log_q + (j[m] * j[m] - j[m]) / two_s2 + special.log_ndtr(-math.sqrt(2.0) * x2[m])
         )
         t2[~m] = log_const + _log_erfcx_half(x2[~m])
         return np.asarray(log_binom + np.logaddexp(t1, t2), dtype=np.float64), sign
@@ -658,9 +656,7 @@ def rdp_to_epsilon(
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"rdp must be a 1-D sequence of real numbers, got {rdp!r}") from exc
     if r.shape != a.shape:
-        raise InvalidParameterError(
-            f"rdp must have the same length as alphas ({a.size}), got shape {r.shape}"
-        )
+        raise InvalidParameterError(f"rdp must have the same length as alphas ({a.size}), got shape {r.shape}")
     bad = np.flatnonzero(np.isnan(r) | (r < 0.0))
     if bad.size:
         i = int(bad[0])

@@ -15,11 +15,12 @@ Conversions between (ε, δ)-DP and Rényi DP (RDP):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Union
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,7 +38,7 @@ FloatArray = NDArray[np.float64]
 DEFAULT_ALPHAS: tuple[float, ...] = (1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 16.0, 32.0, 64.0)
 
 
-class Conversion(str, Enum):
+class Conversion(StrEnum):
     """How (ε, δ)-DP and Rényi DP are converted into each other."""
 
     CLASSIC = "classic"
@@ -88,7 +89,7 @@ def check_alphas(orders: Any) -> tuple[float, ...]:
             raise InvalidParameterError(f"α grid holds a non-finite order {a}")
         if a <= 1.0:
             raise InvalidParameterError(f"α grid holds order {a}; Rényi orders must be > 1")
-    for a, b in zip(values, values[1:], strict=False):
+    for a, b in itertools.pairwise(values):
         if b <= a:
             raise InvalidParameterError(f"α grid must be strictly increasing, got {a} then {b}")
     return values
@@ -239,7 +240,7 @@ class RenyiCurve:
         return cls(grid, np.full(len(grid), eps))
 
 
-Budget = Union[EpsDelta, RenyiCurve]
+Budget = EpsDelta | RenyiCurve
 
 
 def epsdelta_to_rdp_capacity(

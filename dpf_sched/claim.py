@@ -10,7 +10,12 @@ from typing import Any
 
 from dpf_sched.block import check_id, check_time
 from dpf_sched.budget import Budget, EpsDelta, RenyiCurve
-from dpf_sched.errors import AlphaGridMismatchError, CompositionMismatchError, InvalidBudgetError, InvalidParameterError
+from dpf_sched.errors import (
+    AlphaGridMismatchError,
+    CompositionMismatchError,
+    InvalidBudgetError,
+    InvalidParameterError,
+)
 
 
 @dataclass(frozen=True)

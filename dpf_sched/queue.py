@@ -134,4 +134,5 @@ class ClaimQueue:
             return np.empty(0, dtype=np.int64)
         buf = self._blocks[block]
         h = buf.handles[: buf.n]
-        return h[self._alive[h] == 1]
+        live: IntArray = h[self._alive[h] == 1]
+        return live

@@ -43,18 +43,10 @@ class BlockSelector:
         object.__setattr__(self, "attributes", frozen_mapping(self.attributes, "selector attributes"))
         for name in ("created_from", "created_until"):
             v = getattr(self, name)
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v))
-            ):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v))):
                 raise InvalidParameterError(f"selector {name} must be a number, got {v!r}")
-        if (
-            self.created_from is not None
-            and self.created_until is not None
-            and self.created_until <= self.created_from
-        ):
-            raise InvalidParameterError(
-                f"selector time range is empty: [{self.created_from}, {self.created_until})"
-            )
+        if self.created_from is not None and self.created_until is not None and self.created_until <= self.created_from:
+            raise InvalidParameterError(f"selector time range is empty: [{self.created_from}, {self.created_until})")
         if self.latest is not None and (
             isinstance(self.latest, bool) or not isinstance(self.latest, int) or self.latest < 1
         ):
@@ -80,9 +72,7 @@ class BlockSelector:
         if self.latest is not None:
             out = sorted(out, key=lambda b: b.created)[-self.latest :]
         if len(out) < self.min_blocks:
-            raise InvalidParameterError(
-                f"selector matched {len(out)} blocks, fewer than min_blocks={self.min_blocks}"
-            )
+            raise InvalidParameterError(f"selector matched {len(out)} blocks, fewer than min_blocks={self.min_blocks}")
         return tuple(b.id for b in out)
 
     def _matches(self, block: Block) -> bool:

@@ -4,7 +4,7 @@ Every ledger backend (memory today, SQLite / PostgreSQL later) runs the very sam
 *ledger factory* ``make_ledger(composition) -> Ledger``::
 
     from hypothesis.stateful import run_state_machine_as_test
-    from tests.ledger_contract import contract_machine
+    from ledger_contract import contract_machine  # tests/ is on sys.path under pytest
 
     Machine = contract_machine(lambda comp: SqliteLedger(comp, ":memory:"), BasicComposition)
     run_state_machine_as_test(Machine, settings=...)
@@ -41,6 +41,7 @@ otherwise rebuilt from :meth:`Ledger.budgets`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -477,19 +478,25 @@ class LedgerContract(RuleBasedStateMachine):
         if valid:
             idx = list(range(n))
         else:
-            idx = data.draw(st.lists(st.integers(0, max(n - 1, 0)), unique=True, min_size=min(n, 1), max_size=n),
-                            label="idx")
+            idx = data.draw(
+                st.lists(st.integers(0, max(n - 1, 0)), unique=True, min_size=min(n, 1), max_size=n),
+                label="idx",
+            )
         fracs: list[float] = data.draw(st.lists(fraction, min_size=len(idx), max_size=len(idx)), label="fractions")
-        mode = "plain" if valid else data.draw(
-            _sampled(
-                ("plain", 8),
-                ("broadcast", 1),
-                ("index out of range", 1),
-                ("bad fraction", 1),
-                ("index twice", 1),
-                ("length mismatch", 1),
-            ),
-            label="unlock",
+        mode = (
+            "plain"
+            if valid
+            else data.draw(
+                _sampled(
+                    ("plain", 8),
+                    ("broadcast", 1),
+                    ("index out of range", 1),
+                    ("bad fraction", 1),
+                    ("index twice", 1),
+                    ("length mismatch", 1),
+                ),
+                label="unlock",
+            )
         )
         faults: list[type[DpfSchedError]] = []
         maybe: ErrorTypes = ()
@@ -665,8 +672,11 @@ class LedgerContract(RuleBasedStateMachine):
                 elif fit == "borderline":
                     maybe = (InsufficientBudgetError,)
         before = ledger_arrays(self.ledger)
-        ok, err = self.apply(f"allocate({cid}) [model fit: {fit}]", lambda: self.ledger.allocate(cid, now),
-                             expect(faults, maybe=maybe))
+        ok, err = self.apply(
+            f"allocate({cid}) [model fit: {fit}]",
+            lambda: self.ledger.allocate(cid, now),
+            expect(faults, maybe=maybe),
+        )
         if isinstance(err, InsufficientBudgetError):
             assert fit != "yes", f"allocate({cid}) refused a demand that the model says fits"
         if not ok:
@@ -755,8 +765,10 @@ class LedgerContract(RuleBasedStateMachine):
             )
             for k in subset:
                 if mode == "part":
-                    us = data.draw(st.lists(st.floats(0.0, 1.0), min_size=self.width, max_size=self.width),
-                                   label="share of rest")
+                    us = data.draw(
+                        st.lists(st.floats(0.0, 1.0), min_size=self.width, max_size=self.width),
+                        label="share of rest",
+                    )
                     amt[k] = c_rem[k] * np.array(us)
                 else:
                     amt[k] = c_rem[k]
@@ -788,7 +800,9 @@ class LedgerContract(RuleBasedStateMachine):
         maybe: ErrorTypes = (InvalidParameterError,) if InvalidBudgetError in faults else ()
         before = ledger_arrays(self.ledger)
         ok, _ = self.apply(
-            f"consume({cid}, {mode})", lambda: self.ledger.consume(cid, amounts, now), expect(faults, maybe=maybe)
+            f"consume({cid}, {mode})",
+            lambda: self.ledger.consume(cid, amounts, now),
+            expect(faults, maybe=maybe),
         )
         if not ok:
             return
@@ -919,10 +933,7 @@ class LedgerContract(RuleBasedStateMachine):
         # Invariant 2: no overspend.
         spent = A + C
         fits = spent <= cap * (1.0 + REL_TOL)
-        if self.renyi:
-            ok_rows = np.any(fits & (cap > 0), axis=1)
-        else:
-            ok_rows = np.all(fits, axis=1)
+        ok_rows = np.any(fits & (cap > 0), axis=1) if self.renyi else np.all(fits, axis=1)
         assert np.all(ok_rows), f"overspend on blocks {np.flatnonzero(~ok_rows)}: A+C={spent}, cap={cap}"
         # The model: buckets.
         mL = np.array([b.locked() for b in self.blocks])
@@ -933,7 +944,8 @@ class LedgerContract(RuleBasedStateMachine):
         assert np.all(np.abs(C - mC) <= tol + fp), f"consumed {C} ≠ model {mC}"
         # budgets() agrees with the arrays (values clip tiny negatives at 0).
         row = self.comp.row
-        for i, b in enumerate(self.blocks):
+        for i in {self.steps % n, n - 1}:  # one block per step, in rotation, to keep steps cheap
+            b = self.blocks[i]
             bb = led.budgets(b.id)
             assert bb.retired == b.retired and bb.unlocked_fraction == b.frac
             assert row(bb.capacity).tobytes() == b.cap.tobytes()
@@ -951,8 +963,8 @@ class LedgerContract(RuleBasedStateMachine):
             assert np.all(np.abs(remaining - np.maximum(c.remaining, 0.0)) <= ctol), f"claim {cid} remaining"
             assert np.all(np.abs(consumed - np.maximum(c.consumed, 0.0)) <= ctol), f"claim {cid} consumed"
             # Invariant 4: never consume more than the grant (up to the tolerance, once).
-            demand_tol = np.array([self.blocks[i].tol() for i in c.idx])
-            assert np.all(consumed <= c.demand + demand_tol + ctol), f"claim {cid} consumed {consumed} > demand"
+            allowed = c.demand + np.array([self.blocks[i].tol() + self.blocks[i].fp() for i in c.idx])
+            assert np.all(consumed <= allowed), f"claim {cid} consumed {consumed} > demand {c.demand}"
             if not c.state.was_granted:
                 assert not remaining.any() and not consumed.any(), f"claim {cid} holds budget without a grant"
 
@@ -1037,10 +1049,8 @@ def scenario_repeated_within_tolerance_consumption(make_ledger: LedgerFactory, c
     ledger.allocate("c", 0.0)
     ledger.consume("c", {"b": make_budget(comp, demand)})
     for _ in range(5):
-        try:
+        with contextlib.suppress(OverConsumptionError):
             ledger.consume("c", {"b": make_budget(comp, cap * 0.9 * REL_TOL)})
-        except OverConsumptionError:
-            pass
     consumed = ledger.composition.row(ledger.claim("c").consumed["b"])
     assert np.all(consumed <= demand + cap * REL_TOL), f"consumed {consumed}, granted {demand}"
     assert ledger.violations() == [], [str(v) for v in ledger.violations()]
@@ -1052,10 +1062,8 @@ def scenario_tolerance_stacking_overspend(make_ledger: LedgerFactory, comp: Comp
     ledger = _one_block(make_ledger, comp, cap)
     ledger.add_claim(Claim("c", {"b": make_budget(comp, cap * (1.0 + 0.9 * REL_TOL))}))
     ledger.allocate("c", 0.0)
-    try:
+    with contextlib.suppress(OverConsumptionError):
         ledger.consume("c", {"b": make_budget(comp, cap * (1.0 + 1.8 * REL_TOL))})
-    except OverConsumptionError:
-        pass
     assert ledger.violations() == [], [str(v) for v in ledger.violations()]
     spent = np.asarray(ledger.consumed)[0] + _bucket(ledger, "allocated")[0]
     assert np.all(spent <= cap * (1.0 + REL_TOL)), f"spent {spent} of capacity {cap}"
@@ -1106,7 +1114,7 @@ def scenario_forged_bad_capacity(make_ledger: LedgerFactory, comp: Composition) 
         row = _cap_row(comp).copy()
         row[-1] = bad
         block = Block("b", forge_budget(comp, row))
-        _expect_refusal(f"add_block(capacity column {bad})", lambda b=block: ledger.add_block(b), ledger)
+        _expect_refusal(f"add_block(capacity column {bad})", lambda b=block, led=ledger: led.add_block(b), ledger)
 
 
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {

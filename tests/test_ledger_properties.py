@@ -14,14 +14,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
+from ledger_contract import SCENARIOS, contract_machine, renyi_composition
 
 from dpf_sched.composition import BasicComposition, Composition
 from dpf_sched.ledger import Ledger, MemoryLedger
-
-try:  # `python -m pytest` puts the repository root on sys.path; plain `pytest` puts tests/ there
-    from tests.ledger_contract import SCENARIOS, contract_machine, renyi_composition
-except ImportError:  # pragma: no cover
-    from ledger_contract import SCENARIOS, contract_machine, renyi_composition  # type: ignore[no-redef]
 
 COMPOSITIONS = {"basic": BasicComposition, "renyi": renyi_composition}
 

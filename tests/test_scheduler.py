@@ -79,7 +79,9 @@ def test_selector_by_attribute_time_and_latest() -> None:
     sched, ledger, clock = basic("fcfs")
     for i in range(5):
         clock.set(float(i))
-        sched.add_block(Block(f"d{i}", EpsDelta(1.0), created=float(i), attributes={"src": "a" if i % 2 else "b"}))
+        sched.add_block(
+            Block(f"d{i}", EpsDelta(1.0), created=float(i), attributes={"src": "a" if i % 2 else "b"})
+        )
     assert BlockSelector(attributes={"src": "a"}).select(ledger.blocks()) == ("d1", "d3")
     assert BlockSelector(created_from=1, created_until=3).select(ledger.blocks()) == ("d1", "d2")
     assert BlockSelector(latest=2).select(ledger.blocks()) == ("d3", "d4")

@@ -46,7 +46,12 @@ def random_trace(
     events: list[tuple[float, int, dict[str, Any]]] = []
     for j in range(n_blocks):
         t = 0.0 if j == 0 else float(rng.integers(0, 20))
-        blk: dict[str, Any] = {"kind": "block", "id": f"b{j}", "time": t, "epsilon": float(rng.choice([1.0, 2.0, 5.0]))}
+        blk: dict[str, Any] = {
+            "kind": "block",
+            "id": f"b{j}",
+            "time": t,
+            "epsilon": float(rng.choice([1.0, 2.0, 5.0])),
+        }
         if composition == "renyi" or rng.random() < 0.5:
             blk["delta"] = 1e-6
         events.append((t, 0, blk))
@@ -73,9 +78,7 @@ def random_trace(
                 claim["demand"] = {b: float(rng.choice([0.02, 0.1, 0.4, 1.2])) for b in ids}
             else:
                 claim["epsilon"] = eps
-            if rng.random() < 0.3 and all(
-                "delta" in e[2] for e in events if e[1] == 0 and e[2]["id"] in ids
-            ):
+            if rng.random() < 0.3 and all("delta" in e[2] for e in events if e[1] == 0 and e[2]["id"] in ids):
                 claim["delta"] = 1e-8
         if timeouts and rng.random() < 0.5:
             claim["timeout"] = float(rng.uniform(1, 15))

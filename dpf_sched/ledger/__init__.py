@@ -4,7 +4,22 @@
 backend used by the simulator and by tests. SQL backends implement the same interface.
 """
 
-from dpf_sched.ledger.base import BlockBudgets, ClaimRecord, ClaimState, ClaimStatus, InvariantViolation, Ledger
+from dpf_sched.ledger.base import (
+    BlockBudgets,
+    ClaimRecord,
+    ClaimState,
+    ClaimStatus,
+    InvariantViolation,
+    Ledger,
+)
 from dpf_sched.ledger.memory import MemoryLedger
 
-__all__ = ["BlockBudgets", "ClaimRecord", "ClaimState", "ClaimStatus", "InvariantViolation", "Ledger", "MemoryLedger"]
+__all__ = [
+    "BlockBudgets",
+    "ClaimRecord",
+    "ClaimState",
+    "ClaimStatus",
+    "InvariantViolation",
+    "Ledger",
+    "MemoryLedger",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +30,7 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 
-class ClaimState(str, Enum):
+class ClaimState(StrEnum):
     """Life cycle of a claim: WAITING → GRANTED → FINISHED, or WAITING → REJECTED."""
 
     WAITING = "waiting"

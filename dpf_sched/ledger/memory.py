@@ -243,8 +243,9 @@ class MemoryLedger(Ledger):
             raise InvalidStateError(f"claim {claim.id} asks for retired blocks {retired}")
         rows: dict[int, FloatArray] = {}  # a uniform claim repeats one budget object: convert it once
         row = self.composition.row
-        demand = np.array([rows.get(id(v)) if id(v) in rows else rows.setdefault(id(v), row(v))
-                           for v in claim.demand.values()])
+        demand = np.array(
+            [rows.get(id(v)) if id(v) in rows else rows.setdefault(id(v), row(v)) for v in claim.demand.values()]
+        )
         demand.flags.writeable = False
         self._claims[claim.id] = _ClaimEntry(
             claim=claim,

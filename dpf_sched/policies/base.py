@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -58,7 +58,7 @@ class LedgerView(Protocol):
     def retired_mask(self) -> NDArray[np.bool_]: ...
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """What a pass decided for one claim (absence of a decision means WAIT)."""
 
     GRANT = "grant"
@@ -94,7 +94,7 @@ class PassContext:
     arrivals: Sequence[QueuedClaim]
 
 
-class Unlocker(ABC):
+class Unlocker:
     """When and how much of each block becomes available (cumulative fractions of its capacity)."""
 
     def on_block(self, block: int, created: float, ledger: LedgerView) -> float:
@@ -235,6 +235,7 @@ class Policy(ABC):
 
     def forget(self, handle: int) -> None:
         """The claim ``handle`` left the queue (granted, rejected or expired); drop any state kept for it."""
+        return None
 
     @abstractmethod
     def schedule(self, ctx: PassContext) -> list[Decision]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from dpf_sched.queue import QueuedClaim
 from dpf_sched.policies.greedy import GreedyPolicy
+from dpf_sched.queue import QueuedClaim
 
 
 class FCFS(GreedyPolicy):

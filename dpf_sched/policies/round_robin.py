@@ -16,11 +16,11 @@ from numpy.typing import NDArray
 
 from dpf_sched.policies.base import (
     Decision,
+    Param,
     PassContext,
     Policy,
     Unlocker,
     Verdict,
-    Param,
     choice,
     positive_float,
     positive_int,
@@ -44,7 +44,8 @@ def water_fill(need: FloatArray, budget: float) -> FloatArray:
     prefix = np.concatenate(([0.0], np.cumsum(order)[:-1]))
     levels = (budget - prefix) / (n - np.arange(n))
     k = int(np.argmax(levels < order))
-    return np.minimum(need, levels[k])
+    out: FloatArray = np.minimum(need, levels[k])
+    return out
 
 
 class _RoundRobin(Policy):

@@ -121,9 +121,7 @@ class ReplayResult:
 class _Replay:
     """One replay's mutable state (kept out of the module functions)."""
 
-    def __init__(
-        self, trace: Trace, policy: Policy, end: float | None, observer: Observer | None = None
-    ) -> None:
+    def __init__(self, trace: Trace, policy: Policy, end: float | None, observer: Observer | None = None) -> None:
         self.observer = observer
         self.trace = trace
         self.end = end
@@ -249,4 +247,3 @@ def overspent_blocks(result: ReplayResult) -> list[str]:
     spent = np.asarray(led.allocated) + np.asarray(led.consumed)
     ok = led.composition.within(spent, led.capacity)
     return [b.id for b, fine in zip(led.blocks(), ok.tolist(), strict=True) if not fine]
-

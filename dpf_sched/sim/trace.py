@@ -29,7 +29,18 @@ COMPOSITIONS = ("basic", "renyi")
 _HEADER_FIELDS = {"kind", "composition", "alphas", "conversion", "end", "name", "seed", "params"}
 _BLOCK_FIELDS = {"kind", "id", "time", "epsilon", "delta", "rdp", "attributes"}
 _CLAIM_FIELDS = {
-    "kind", "id", "time", "blocks", "select", "epsilon", "delta", "rdp", "demand", "timeout", "owner", "weight",
+    "kind",
+    "id",
+    "time",
+    "blocks",
+    "select",
+    "epsilon",
+    "delta",
+    "rdp",
+    "demand",
+    "timeout",
+    "owner",
+    "weight",
     "class",
 }
 _SELECT_FIELDS = {"ids", "attributes", "from", "until", "latest", "min_blocks"}
@@ -143,7 +154,7 @@ def _parse_header(p: _Line) -> TraceHeader:
     end = p.number("end")
     if end is not None and end < 0:
         raise p.fail(f"end must be ≥ 0, got {end}")
-    meta = {k: p.obj[k] for k in ("name", "seed", "params") if k in p.obj}
+    meta: dict[str, Any] = {k: p.obj[k] for k in ("name", "seed", "params") if k in p.obj}
     return TraceHeader(comp, alphas, str(conv), end, meta)
 
 
@@ -376,10 +387,11 @@ def _events(
         last = t
         try:
             if kind == "block":
-                ev: TraceEvent = _parse_block(p, builder, t)
-                if ev.block.id in seen_blocks:
-                    raise p.fail(f"duplicate block id {ev.block.id!r}")
-                seen_blocks.add(ev.block.id)
+                bev = _parse_block(p, builder, t)
+                if bev.block.id in seen_blocks:
+                    raise p.fail(f"duplicate block id {bev.block.id!r}")
+                seen_blocks.add(bev.block.id)
+                return bev
             else:
                 ev = _parse_claim(p, builder, t)
                 cid = ev.claim_id
@@ -437,7 +449,12 @@ def block_line(block: Block) -> dict[str, Any]:
 
 def claim_line(claim: Claim, label: str | None = None) -> dict[str, Any]:
     """The JSON object of a claim event (uniform demands are written once, others as a demand map)."""
-    out: dict[str, Any] = {"kind": "claim", "id": claim.id, "time": claim.arrival, "blocks": list(claim.blocks)}
+    out: dict[str, Any] = {
+        "kind": "claim",
+        "id": claim.id,
+        "time": claim.arrival,
+        "blocks": list(claim.blocks),
+    }
     values = list(claim.demand.values())
     if all(v == values[0] for v in values):
         out.update(_budget_fields(values[0]))
@@ -456,9 +473,7 @@ def claim_line(claim: Claim, label: str | None = None) -> dict[str, Any]:
     return out
 
 
-def write_trace(
-    out: IO[str], header: TraceHeader, events: Iterable[Block | tuple[Claim, str | None] | Claim]
-) -> int:
+def write_trace(out: IO[str], header: TraceHeader, events: Iterable[Block | tuple[Claim, str | None] | Claim]) -> int:
     """Write a header and events (blocks, claims, or (claim, class label) pairs) as JSON Lines; return lines."""
     dumps = json.dumps
     out.write(dumps(header_line(header)) + "\n")

@@ -29,7 +29,21 @@ from dpf_sched.sim.trace import TraceHeader
 
 #: α grid of the OSDI'21 simulator's Rényi runs.
 MICRO_ALPHAS: tuple[float, ...] = (
-    1.000001, 1.0001, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 20480.0,
+    1.000001,
+    1.0001,
+    1.5,
+    2.0,
+    4.0,
+    8.0,
+    16.0,
+    32.0,
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+    2048.0,
+    20480.0,
 )
 
 TraceItem = Block | tuple[Claim, str | None]
@@ -56,7 +70,9 @@ def _check(name: str, value: Any, *, lo: float = 0.0, inclusive: bool = False, h
     return x
 
 
-def _demands(renyi: bool, grid: AlphaGrid | None, mice_eps: float, elephant_eps: float, delta: float) -> tuple[Budget, Budget]:
+def _demands(
+    renyi: bool, grid: AlphaGrid | None, mice_eps: float, elephant_eps: float, delta: float
+) -> tuple[Budget, Budget]:
     if not renyi:
         return EpsDelta(mice_eps, delta), EpsDelta(elephant_eps, delta)
     assert grid is not None
