@@ -50,24 +50,28 @@ class Claim:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", check_id("claim", self.id))
-        object.__setattr__(self, "arrival", check_time(f"claim {self.id}: arrival", self.arrival))
+        arrival = self.arrival
+        if type(arrival) is not float or not math.isfinite(arrival):  # fast path for the common case
+            object.__setattr__(self, "arrival", check_time(f"claim {self.id}: arrival", arrival))
         if not isinstance(self.demand, Mapping) or not self.demand:
             raise InvalidParameterError(f"claim {self.id}: demand must name at least one block")
         demand: dict[str, Budget] = {}
-        kinds = set()
+        checked: dict[int, Budget] = {}  # a uniform claim repeats one budget object: check it once
         for raw_block, budget in self.demand.items():
-            block = check_id("block", raw_block)
+            block = raw_block if type(raw_block) is str and raw_block else check_id("block", raw_block)
             if block in demand:
                 raise InvalidParameterError(f"claim {self.id}: block {block} listed twice")
-            if not isinstance(budget, (EpsDelta, RenyiCurve)):
-                raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is not a budget: {budget!r}")
-            if budget.is_zero():
-                raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is zero")
-            kinds.add(type(budget))
+            if id(budget) not in checked:
+                if not isinstance(budget, (EpsDelta, RenyiCurve)):
+                    raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is not a budget: {budget!r}")
+                if budget.is_zero():
+                    raise InvalidBudgetError(f"claim {self.id}: demand on block {block} is zero")
+                checked[id(budget)] = budget
             demand[block] = budget
+        kinds = {type(b) for b in checked.values()}
         if len(kinds) > 1:
             raise CompositionMismatchError(f"claim {self.id}: mixes (ε, δ) and Rényi demands")
-        curves = [b for b in demand.values() if isinstance(b, RenyiCurve)]
+        curves = [b for b in checked.values() if isinstance(b, RenyiCurve)]
         if curves and any(c.grid != curves[0].grid for c in curves):
             raise AlphaGridMismatchError(f"claim {self.id}: demands on different α grids")
         object.__setattr__(self, "demand", MappingProxyType(demand))

@@ -127,9 +127,7 @@ def compare(
     except ValueError as e:
         raise InvalidParameterError(f"--n and --seeds take comma-separated integers ({e})") from None
     wp = {k: _coerce(v) for k, v in parse_params(wparams).items()}
-    df = run_compare(
-        workload, _split(policy_list, "--policies"), ns, seed_list, wp, n_jobs=jobs, progress=not as_json
-    )
+    df = run_compare(workload, _split(policy_list, "--policies"), ns, seed_list, wp, n_jobs=jobs, progress=not as_json)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.drop(columns=["params"]).to_csv(out / "runs.csv", index=False)

@@ -102,10 +102,7 @@ class Scheduler:
     def _apply_unlock(self, unlock: Unlock | None) -> None:
         if unlock is None or unlock.blocks.size == 0:
             return
-        before = self.ledger.unlocked_fraction[unlock.blocks].copy()
-        self.ledger.unlock_to(unlock.blocks, unlock.fractions)
-        grew = unlock.blocks[self.ledger.unlocked_fraction[unlock.blocks] > before]
-        self._dirty.update(grew.tolist())
+        self._dirty.update(self.ledger.unlock_to(unlock.blocks, unlock.fractions).tolist())
 
     def _refresh_next_unlock(self, now: float) -> None:
         self._next_unlock = self.policy.unlocker.next_time(now, self.ledger)

@@ -205,6 +205,32 @@ def test_continuous_across_integer_orders(alpha: float) -> None:
         assert hi - lo <= 1e-5 * mid
 
 
+def test_orders_within_rounding_of_an_integer() -> None:
+    # Regression (found by hypothesis): α - k + 1 rounding onto a pole of Γ used to give NaN.
+    for alpha in (1.9999999999999858, 2.0 - 1e-15, 3.0 + 4e-16, 7.0 - 1e-14, 16.0 + 1e-13):
+        got = subsampled_gaussian_rdp([alpha, float(round(alpha))], 1.0, 0.5)
+        assert np.all(np.isfinite(got))
+        assert got[0] == pytest.approx(got[1], rel=1e-9)
+
+
+@pytest.mark.filterwarnings("error")
+def test_extreme_parameters_stay_finite_or_inf_without_warnings() -> None:
+    alphas = [1.5, 2.0, 2.5, 64.0, 3.5e6]
+    for sigma in (1e-160, 1e-100, 1e-3, 1e3, 1e10, 1e200):
+        for q in (1e-300, 1e-6, 0.5, 1.0):
+            got = subsampled_gaussian_rdp(alphas, sigma, q, 1000)
+            assert not np.any(np.isnan(got)), (sigma, q)
+            assert np.all(got >= 0.0), (sigma, q)
+            # Never above the plain Gaussian curve (subsampling only helps) unless that overflowed.
+            bound = 1000 * np.asarray(alphas) / (2.0 * sigma * sigma) if sigma > 1e-140 else np.full(5, np.inf)
+            assert np.all((got <= bound * (1 + 1e-12)) | np.isinf(got)), (sigma, q)
+    # Orders beyond 1e6 use the plain-Gaussian upper bound.
+    assert subsampled_gaussian_rdp([2e6], 3.0, 0.01)[0] == pytest.approx(2e6 / 18.0, rel=1e-15)
+    # Laplace with a huge or tiny λ.
+    assert np.all(np.isfinite(laplace_rdp([1.5, 1e300], 1e-300)))
+    np.testing.assert_array_equal(laplace_rdp([2.0, 3.0], 1e300, 1e-300), [0.0, 0.0])
+
+
 def test_laplace_limits() -> None:
     alphas = np.array([1.5, 2.0, 10.0, 100.0])
     lam = 1e-4

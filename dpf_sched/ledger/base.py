@@ -108,8 +108,11 @@ class Ledger(ABC):
         """Add a fully locked block; return its dense index."""
 
     @abstractmethod
-    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> None:
-        """Raise each block's cumulative unlocked fraction to ``fraction`` (capped at 1, never lowered)."""
+    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
+        """Raise each block's cumulative unlocked fraction to ``fraction`` (capped at 1, never lowered).
+
+        Returns the indices of the blocks whose unlocked budget grew.
+        """
 
     @abstractmethod
     def retire(self, block_id: str) -> None:
@@ -141,6 +144,11 @@ class Ledger(ABC):
     @abstractmethod
     def capacity(self) -> FloatArray:
         """(n_blocks, width) capacities, read-only."""
+
+    @property
+    @abstractmethod
+    def locked(self) -> FloatArray:
+        """(n_blocks, width) locked budget, read-only."""
 
     @property
     @abstractmethod

@@ -80,6 +80,13 @@ class MemoryLedger(Ledger):
         self._blocks: list[Block] = []
         self._block_index: dict[str, int] = {}
         self._claims: dict[str, _ClaimEntry] = {}
+        self._views: dict[str, NDArray[np.generic]] = {}
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        """Read-only views of the first n rows, handed to policies; rebuilt when blocks are added."""
+        for name in ("cap", "locked", "unlocked", "allocated", "consumed", "fraction", "created", "retired"):
+            self._views[name] = _readonly(getattr(self, f"_{name}")[: self._n])
 
     # ----- growth -------------------------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -112,9 +119,10 @@ class MemoryLedger(Ledger):
         self._blocks.append(block)
         self._block_index[block.id] = i
         self._n += 1
+        self._refresh_views()
         return i
 
-    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> None:
+    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
         raw = np.asarray(block_indices)
         if raw.size and raw.dtype.kind not in "iu":
             raise InvalidParameterError(f"unlock block indices must be integers, got {block_indices!r}")
@@ -128,7 +136,7 @@ class MemoryLedger(Ledger):
         if idx.shape != f.shape:
             raise InvalidParameterError(f"{idx.shape[0]} blocks but {f.shape[0]} unlock fractions")
         if idx.size == 0:
-            return
+            return idx
         ids = idx.tolist()
         if min(ids) < 0 or max(ids) >= self._n:
             bad = [i for i in ids if not 0 <= i < self._n]
@@ -142,7 +150,7 @@ class MemoryLedger(Ledger):
         if not grow.all():
             idx, target = idx[grow], target[grow]
             if idx.size == 0:
-                return
+                return idx
         locked = self._locked[idx]
         # Locked budget is (1 − fraction) × capacity, exactly 0 once fully unlocked; never more than before.
         new_locked = np.minimum(self._cap[idx] * (1.0 - target)[:, None], locked)
@@ -150,6 +158,7 @@ class MemoryLedger(Ledger):
         self._unlocked[idx] += locked - new_locked
         self._locked[idx] = new_locked
         self._fraction[idx] = target
+        return idx
 
     def retire(self, block_id: str) -> None:
         i = self.block_index(block_id)
@@ -188,37 +197,37 @@ class MemoryLedger(Ledger):
 
     @property
     def capacity(self) -> FloatArray:
-        return _readonly(self._cap[: self._n])  # type: ignore[return-value]
+        return self._views["cap"]  # type: ignore[return-value]
 
     @property
     def locked(self) -> FloatArray:
         """(n_blocks, width) locked budget, read-only."""
-        return _readonly(self._locked[: self._n])  # type: ignore[return-value]
+        return self._views["locked"]  # type: ignore[return-value]
 
     @property
     def unlocked(self) -> FloatArray:
-        return _readonly(self._unlocked[: self._n])  # type: ignore[return-value]
+        return self._views["unlocked"]  # type: ignore[return-value]
 
     @property
     def allocated(self) -> FloatArray:
         """(n_blocks, width) allocated budget, read-only."""
-        return _readonly(self._allocated[: self._n])  # type: ignore[return-value]
+        return self._views["allocated"]  # type: ignore[return-value]
 
     @property
     def consumed(self) -> FloatArray:
-        return _readonly(self._consumed[: self._n])  # type: ignore[return-value]
+        return self._views["consumed"]  # type: ignore[return-value]
 
     @property
     def unlocked_fraction(self) -> FloatArray:
-        return _readonly(self._fraction[: self._n])  # type: ignore[return-value]
+        return self._views["fraction"]  # type: ignore[return-value]
 
     @property
     def created(self) -> FloatArray:
-        return _readonly(self._created[: self._n])  # type: ignore[return-value]
+        return self._views["created"]  # type: ignore[return-value]
 
     @property
     def retired_mask(self) -> NDArray[np.bool_]:
-        return _readonly(self._retired[: self._n])  # type: ignore[return-value]
+        return self._views["retired"]  # type: ignore[return-value]
 
     # ----- claims -------------------------------------------------------------------------------------------
     def _entry(self, claim_id: str) -> _ClaimEntry:

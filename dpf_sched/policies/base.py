@@ -43,6 +43,9 @@ class LedgerView(Protocol):
     def capacity(self) -> FloatArray: ...
 
     @property
+    def locked(self) -> FloatArray: ...
+
+    @property
     def unlocked(self) -> FloatArray: ...
 
     @property

@@ -23,18 +23,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dpf_sched.composition import Composition
-from dpf_sched.policies.base import Decision, PassContext, Policy, Verdict
-from dpf_sched.queue import BlockEntries, QueuedClaim
+from dpf_sched.policies.base import Decision, LedgerView, PassContext, Policy, Verdict
+from dpf_sched.queue import BlockEntries, IntArray, QueuedClaim
 
 FloatArray = NDArray[np.float64]
 
 
 class WatchIndex:
-    """For each waiting claim, the one block it waits on; per block, the watchers' demands there."""
+    """For each waiting claim, the one block it waits on; per block, the watchers' demands there.
 
-    def __init__(self) -> None:
+    ``floor[b]`` is an element-wise lower bound of the demands of block b's watchers (``inf`` without
+    watchers; stale entries only lower it, and compaction tightens it again). If a block's budget cannot fit
+    its floor, none of its watchers can fit there, so :meth:`fitting` checks every block that gained budget
+    with one vectorised comparison before it looks at any watcher.
+    """
+
+    def __init__(self, width: int) -> None:
         self._blocks: list[BlockEntries] = []
         self._where = np.full(1024, -1, dtype=np.int64)  # handle → watched block, -1 when not watching
+        self.single = np.zeros(1024, dtype=bool)  # handle → the claim asks for one block only
+        self.floor = np.full((64, width), np.inf)
 
     def __contains__(self, handle: object) -> bool:
         return isinstance(handle, int) and handle < self._where.shape[0] and self._where[handle] >= 0
@@ -43,15 +51,25 @@ class WatchIndex:
         """Make ``q`` wait on its ``pos``-th block."""
         h = q.handle
         if h >= self._where.shape[0]:
-            where = np.full(max(2 * self._where.shape[0], h + 1), -1, dtype=np.int64)
+            size = max(2 * self._where.shape[0], h + 1)
+            where = np.full(size, -1, dtype=np.int64)
             where[: self._where.shape[0]] = self._where
-            self._where = where
+            single = np.zeros(size, dtype=bool)
+            single[: self.single.shape[0]] = self.single
+            self._where, self.single = where, single
         self.unwatch(h)
         b = int(q.idx[pos])
+        if b >= self.floor.shape[0]:
+            floor = np.full((max(2 * self.floor.shape[0], b + 1), self.floor.shape[1]), np.inf)
+            floor[: self.floor.shape[0]] = self.floor
+            self.floor = floor
         while len(self._blocks) <= b:
             self._blocks.append(BlockEntries(q.demand.shape[1]))
-        self._blocks[b].append(h, q.demand[pos])
+        row = q.demand[pos]
+        self._blocks[b].append(h, row)
+        np.minimum(self.floor[b], row, out=self.floor[b])
         self._where[h] = b
+        self.single[h] = q.idx.shape[0] == 1
 
     def unwatch(self, handle: int) -> None:
         """Forget a claim (woken, granted or gone)."""
@@ -60,22 +78,35 @@ class WatchIndex:
         b = int(self._where[handle])
         if b >= 0:
             self._where[handle] = -1
-            self._blocks[b].dropped(self._where, b)
+            buf = self._blocks[b]
+            n_before = buf.n
+            buf.dropped(self._where, b)
+            if buf.live == 0:
+                buf.n = 0
+                self.floor[b] = np.inf
+            elif buf.n != n_before:  # compacted: tighten the floor to the live entries
+                self.floor[b] = buf.dem[: buf.n].min(axis=0)
 
     def block_of(self, handle: int) -> int:
         """The block ``handle`` watches, or -1."""
         return int(self._where[handle]) if handle < self._where.shape[0] else -1
 
-    def fitting(self, block: int, available: FloatArray, capacity: FloatArray, comp: Composition) -> list[int]:
-        """Handles watching ``block`` whose demand there fits in ``available`` (one row)."""
-        if block >= len(self._blocks):
+    def fitting(
+        self, blocks: IntArray, available: FloatArray, capacity: FloatArray, comp: Composition
+    ) -> list[tuple[int, IntArray, FloatArray]]:
+        """Per block of ``blocks``: the watchers whose demand there fits its ``available`` row, and those demands."""
+        blocks = blocks[blocks < self.floor.shape[0]]
+        if blocks.size == 0:
             return []
-        buf = self._blocks[block]
-        if buf.live == 0:
-            return []
-        h = buf.handles[: buf.n]
-        ok = (self._where[h] == block) & comp.fits(buf.dem[: buf.n], available[None, :], capacity[None, :])
-        out: list[int] = h[ok].tolist()
+        maybe = blocks[comp.fits(self.floor[blocks], available[blocks], capacity[blocks])]
+        out = []
+        for block in maybe.tolist():
+            buf = self._blocks[block]
+            h = buf.handles[: buf.n]
+            d = buf.dem[: buf.n]
+            ok = (self._where[h] == block) & comp.fits(d, available[block][None, :], capacity[block][None, :])
+            if ok.any():
+                out.append((block, h[ok], d[ok]))
         return out
 
 
@@ -89,6 +120,18 @@ def first_misfit(q: QueuedClaim, avail: FloatArray, cap: FloatArray, comp: Compo
     return worst if gap[worst] > 0 else -1
 
 
+def block_to_watch(
+    q: QueuedClaim, pos: int, avail: FloatArray, locked: FloatArray, cap: FloatArray, comp: Composition
+) -> int:
+    """Where a claim that misfits (at ``pos``) should wait: preferably a block that cannot fit it even once fully
+    unlocked (only a release can help there, so the claim is not woken by unlocks that cannot satisfy it);
+    otherwise the block on which it is furthest from fitting."""
+    c = cap[q.idx]
+    dead = comp.shortfall(q.demand, avail[q.idx] + locked[q.idx], c)
+    worst = int(dead.argmax())
+    return worst if dead[worst] > 0 else pos
+
+
 class GreedyPolicy(Policy):
     """A policy whose pass is the greedy pass above; subclasses choose unlocking, order and misfit handling."""
 
@@ -98,7 +141,7 @@ class GreedyPolicy(Policy):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._heap: list[tuple[Any, int]] = []
-        self._watches = WatchIndex()
+        self._watches: WatchIndex | None = None
         self._keys: dict[int, Any] = {}
 
     @property
@@ -107,7 +150,8 @@ class GreedyPolicy(Policy):
         return bool(self.config.get("strict", False))
 
     def forget(self, handle: int) -> None:
-        self._watches.unwatch(handle)
+        if self._watches is not None:
+            self._watches.unwatch(handle)
         self._keys.pop(handle, None)
 
     def schedule(self, ctx: PassContext) -> list[Decision]:
@@ -118,50 +162,57 @@ class GreedyPolicy(Policy):
         U = ledger.unlocked
         cap = ledger.capacity
         queue = ctx.queue
+        if self._watches is None:
+            self._watches = WatchIndex(comp.width)
         watches = self._watches
         keys = self._keys
         for q in ctx.arrivals:
             keys[q.handle] = self.sort_key(q)
         # Candidates: claims watching a block that gained budget whose demand there now fits, and arrivals.
-        candidates: dict[int, QueuedClaim] = {}
-        for b in ctx.dirty.tolist():
-            for h in watches.fitting(b, U[b], cap[b], comp):
-                if h in queue:
-                    candidates[h] = queue.get(h)
-                else:
-                    watches.unwatch(h)
-        new = set()
+        multi: list[QueuedClaim] = []
+        parts: dict[int, list[tuple[IntArray, FloatArray]]] = {}
+        if ctx.dirty.size:
+            for b, handles, dem in watches.fitting(ctx.dirty, U, cap, comp):
+                one = watches.single[handles]
+                if one.any():
+                    parts.setdefault(b, []).append((handles[one], dem[one]))
+                for h in handles[~one].tolist():
+                    multi.append(queue.get(h))
+        new: dict[int, QueuedClaim] = {}
         for q in ctx.arrivals:
             if q.handle in queue:
-                candidates[q.handle] = q
-                new.add(q.handle)
-        if not candidates:
+                new[q.handle] = q
+                if q.idx.shape[0] == 1:
+                    parts.setdefault(int(q.idx[0]), []).append((np.full(1, q.handle, dtype=np.int64), q.demand))
+                else:
+                    multi.append(q)
+        if not multi and not parts:
             return []
-        # Single-block candidates of one block compete for that block alone. Sorted by key, with the
+        if not multi and len(new) == 1 and len(parts) == 1 and len(next(iter(parts.values()))) == 1:
+            return self._lone_arrival(next(iter(new.values())), ledger)
+        if not parts and len(new) == 1 and len(multi) == 1:
+            return self._lone_arrival(multi[0], ledger)
+        # Single-block candidates of one block compete for that block alone. They are sorted by key, with the
         # element-wise minimum of the demands from each position on ("suffix floor"): once the block cannot
         # fit the floor, no later single-block candidate of that block can fit (basic: a column is short for
-        # all; Rényi: no order fits any), and the rest of that list is skipped unexamined.
-        multi: list[QueuedClaim] = []
-        singles: dict[int, list[QueuedClaim]] = {}
-        for q in candidates.values():
-            if q.idx.shape[0] == 1:
-                singles.setdefault(int(q.idx[0]), []).append(q)
-            else:
-                multi.append(q)
+        # all; Rényi: no order fits any), and the rest of that list is left as it is, unexamined.
+        singles: dict[int, tuple[list[int], FloatArray, FloatArray]] = {}
         heads: list[tuple[Any, int, int]] = []  # (key, source, position); source -1 is the multi list
-        floors: dict[int, FloatArray] = {}
-        for b, lst in singles.items():
-            lst.sort(key=lambda q: keys[q.handle])
-            dem = np.stack([q.demand[0] for q in lst])
-            floors[b] = np.minimum.accumulate(dem[::-1], axis=0)[::-1]
-            heads.append((keys[lst[0].handle], b, 0))
+        for b, chunks in parts.items():
+            h = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+            d = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+            order = self._single_order(h, d, cap[b], comp)
+            hl = h[order].tolist()
+            d = d[order]
+            singles[b] = (hl, d, np.minimum.accumulate(d[::-1], axis=0)[::-1])
+            heads.append((keys[hl[0]], b, 0))
         if multi:
             multi.sort(key=lambda q: keys[q.handle])
             heads.append((keys[multi[0].handle], -1, 0))
         heapq.heapify(heads)
         avail = U.copy()
         decisions: list[Decision] = []
-        reject_new = self.reject_misfits_on_arrival
+        decided: set[int] = set()
         while heads:
             _, src, i = heapq.heappop(heads)
             if src < 0:
@@ -170,32 +221,71 @@ class GreedyPolicy(Policy):
                     heapq.heappush(heads, (keys[multi[i + 1].handle], -1, i + 1))
                 pos = first_misfit(q, avail, cap, comp)
             else:
-                lst = singles[src]
-                if not bool(comp.fits(floors[src][i : i + 1], avail[src : src + 1], cap[src : src + 1])[0]):
-                    self._park(lst[i:], new, decisions)
-                    continue
-                q = lst[i]
-                if i + 1 < len(lst):
-                    heapq.heappush(heads, (keys[lst[i + 1].handle], src, i + 1))
-                pos = first_misfit(q, avail, cap, comp)
+                hl, d, floor = singles[src]
+                row = slice(src, src + 1)
+                if not bool(comp.fits(floor[i : i + 1], avail[row], cap[row])[0]):
+                    continue  # nobody left in this list fits; new arrivals among them are settled below
+                q = queue.get(hl[i])
+                if i + 1 < len(hl):
+                    heapq.heappush(heads, (keys[hl[i + 1]], src, i + 1))
+                pos = 0 if not bool(comp.fits(d[i : i + 1], avail[row], cap[row])[0]) else -1
             h = q.handle
             if pos < 0:
                 avail[q.idx] -= q.demand
                 watches.unwatch(h)
                 decisions.append(Decision(h, Verdict.GRANT))
-            elif reject_new and h in new:
+                decided.add(h)
+            elif src < 0 and h not in new and not self._still_possible(q, ledger.consumed, cap, comp):
+                # Consumption never decreases: a claim that exceeds capacity − consumed on a block can never
+                # be granted ("never", not "wait"); telling it now frees the queue of dead weight.
+                watches.unwatch(h)
+                decisions.append(Decision(h, Verdict.REJECT, "demand exceeds what a block can still provide"))
+                decided.add(h)
+            elif not (self.reject_misfits_on_arrival and h in new):
+                pos = block_to_watch(q, pos, avail, ledger.locked, cap, comp) if src < 0 else pos
+                if watches.block_of(h) != int(q.idx[pos]):
+                    watches.watch(q, pos)
+        for h, q in new.items():  # arrivals not granted: FCFS rejects them, others wait on a misfit block
+            if h in decided:
+                continue
+            if self.reject_misfits_on_arrival:
                 decisions.append(Decision(h, Verdict.REJECT, "does not fit at arrival"))
-            elif watches.block_of(h) != int(q.idx[pos]):
-                watches.watch(q, pos)
+            elif h not in watches:
+                pos = max(first_misfit(q, avail, cap, comp), 0)
+                watches.watch(q, block_to_watch(q, pos, avail, ledger.locked, cap, comp))
         return decisions
 
-    def _park(self, rest: list[QueuedClaim], new: set[int], decisions: list[Decision]) -> None:
-        """Single-block candidates that cannot fit their block: reject (FCFS arrivals) or watch it."""
-        for q in rest:
-            if self.reject_misfits_on_arrival and q.handle in new:
-                decisions.append(Decision(q.handle, Verdict.REJECT, "does not fit at arrival"))
-            elif q.handle not in self._watches:
-                self._watches.watch(q, 0)
+    def _lone_arrival(self, q: QueuedClaim, ledger: LedgerView) -> list[Decision]:
+        """The common pass: one arrival and no waiting claim woke up. Grant it, reject it (FCFS) or watch."""
+        U, cap, comp = ledger.unlocked, ledger.capacity, ledger.composition
+        pos = first_misfit(q, U, cap, comp)
+        if pos < 0:
+            return [Decision(q.handle, Verdict.GRANT)]
+        if self.reject_misfits_on_arrival:
+            return [Decision(q.handle, Verdict.REJECT, "does not fit at arrival")]
+        assert self._watches is not None
+        self._watches.watch(q, block_to_watch(q, pos, U, ledger.locked, cap, comp) if q.idx.shape[0] > 1 else pos)
+        return []
+
+    @staticmethod
+    def _still_possible(q: QueuedClaim, consumed: FloatArray, cap: FloatArray, comp: Composition) -> bool:
+        """Whether ``q`` could ever fit: its demand within capacity − consumed on every block."""
+        c = cap[q.idx]
+        return bool(comp.fits(q.demand, c - consumed[q.idx], c).all())
+
+    def _single_order(self, handles: IntArray, dem: FloatArray, cap_row: FloatArray, comp: Composition) -> IntArray:
+        """Order of single-block candidates of one block by this policy's sort key.
+
+        For the built-in key (dominant share, then lexicographic shares or arrival, then submission order) a
+        single-block claim's key is (its share on that block, its sequence number), and handles are sequence
+        numbers: one vectorised lexsort. A subclass with its own ``sort_key`` gets its keys compared as they are.
+        """
+        if type(self).sort_key is Policy.sort_key:
+            shares = comp.shares(dem, cap_row[None, :])
+            return np.lexsort((handles, shares))
+        keys = self._keys
+        hl = handles.tolist()
+        return np.asarray(sorted(range(len(hl)), key=lambda k: keys[hl[k]]), dtype=np.int64)
 
     def _strict_pass(self, ctx: PassContext) -> list[Decision]:
         for q in ctx.arrivals:

@@ -165,17 +165,31 @@ class _Builder:
         self.header = header
         self.renyi = header.composition == "renyi"
         self.grid = AlphaGrid(header.alphas) if self.renyi else None
+        self._scalars: dict[tuple[Any, Any], Budget] = {}
+        self._curves: dict[tuple[float, ...], RenyiCurve] = {}
 
     def curve(self, p: _Line, key: str, values: Any) -> RenyiCurve:
         assert self.grid is not None
         vals = p.number_list(key, values)
         if len(vals) != len(self.grid):
             raise p.fail(f"{key} has {len(vals)} values but the header's α grid has {len(self.grid)} orders")
-        return RenyiCurve(self.grid, np.asarray(vals))
+        tup = tuple(vals)
+        cached = self._curves.get(tup)
+        if cached is None:
+            cached = self._curves[tup] = RenyiCurve(self.grid, np.asarray(vals))
+        return cached
 
     def scalar_demand(self, p: _Line, eps: Any, delta: float | None) -> Budget:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise p.fail(f"epsilon must be a number, got {eps!r}")
+        # Workloads repeat a few demands many times: build (and validate) each distinct value once.
+        key = (eps, delta)
+        cached = self._scalars.get(key)
+        if cached is None:
+            cached = self._scalars[key] = self._make_scalar(eps, delta)
+        return cached
+
+    def _make_scalar(self, eps: float, delta: float | None) -> Budget:
         if not self.renyi:
             return EpsDelta(float(eps), 0.0 if delta is None else delta)
         assert self.grid is not None
