@@ -30,7 +30,7 @@ def make_memory_ledger(composition: Composition) -> Ledger:
 
 
 _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much]}
-FAST = settings(max_examples=30, stateful_step_count=25, **_COMMON)
+FAST = settings(max_examples=25, stateful_step_count=25, **_COMMON)
 SLOW = settings(max_examples=1000, stateful_step_count=60, **_COMMON)
 # The bug probes must fail every time for strict xfail: a fixed seed, no example database, and no shrinking
 # (they fail by design; the minimal examples are the SCENARIOS).

@@ -122,11 +122,13 @@ class MemoryLedger(Ledger):
         self._refresh_views()
         return i
 
-    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
+    def unlock_to(
+        self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray
+    ) -> IntArray:
         raw = np.asarray(block_indices)
         if raw.size and raw.dtype.kind not in "iu":
             raise InvalidParameterError(f"unlock block indices must be integers, got {block_indices!r}")
-        idx = raw.astype(np.int64).reshape(-1)
+        idx = raw.astype(np.int64, copy=False).reshape(-1)
         try:
             f = np.asarray(fractions, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -137,24 +139,30 @@ class MemoryLedger(Ledger):
             raise InvalidParameterError(f"{idx.shape[0]} blocks but {f.shape[0]} unlock fractions")
         if idx.size == 0:
             return idx
+        # Validation on Python scalars: these arrays are short (a claim's blocks), where numpy calls cost more.
         ids = idx.tolist()
-        if min(ids) < 0 or max(ids) >= self._n:
-            bad = [i for i in ids if not 0 <= i < self._n]
-            raise UnknownBlockError(f"unlock names block index {bad[0]}, outside 0..{self._n - 1}")
-        if not (f >= 0).all() or not np.isfinite(f).all():
-            raise InvalidParameterError(f"unlock fractions must be finite and ≥ 0, got {f.tolist()}")
+        n = self._n
+        if min(ids) < 0 or max(ids) >= n:
+            bad = [i for i in ids if not 0 <= i < n]
+            raise UnknownBlockError(f"unlock names block index {bad[0]}, outside 0..{n - 1}")
+        fl = f.tolist()
+        if not all(0.0 <= x < math.inf for x in fl):  # also refuses NaN
+            raise InvalidParameterError(f"unlock fractions must be finite and ≥ 0, got {fl}")
         if len(set(ids)) != len(ids):
             raise InvalidParameterError("unlock names a block twice")
-        target = np.maximum(self._fraction[idx], np.minimum(f, 1.0))
-        grow = target > self._fraction[idx]
+        old = self._fraction[idx]
+        target = np.minimum(f, 1.0)
+        grow = target > old
         if not grow.all():
             idx, target = idx[grow], target[grow]
             if idx.size == 0:
                 return idx
         locked = self._locked[idx]
         # Locked budget is (1 − fraction) × capacity, exactly 0 once fully unlocked; never more than before.
-        new_locked = np.minimum(self._cap[idx] * (1.0 - target)[:, None], locked)
-        new_locked[target >= 1.0] = 0.0
+        new_locked = self._cap[idx] * (1.0 - target)[:, None]
+        np.minimum(new_locked, locked, out=new_locked)
+        if target.max() >= 1.0:
+            new_locked[target >= 1.0] = 0.0
         self._unlocked[idx] += locked - new_locked
         self._locked[idx] = new_locked
         self._fraction[idx] = target

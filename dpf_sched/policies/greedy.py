@@ -201,10 +201,14 @@ class GreedyPolicy(Policy):
         for b, chunks in parts.items():
             h = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
             d = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
-            order = self._single_order(h, d, cap[b], comp)
-            hl = h[order].tolist()
-            d = d[order]
-            singles[b] = (hl, d, np.minimum.accumulate(d[::-1], axis=0)[::-1])
+            if h.shape[0] == 1:
+                hl = h.tolist()
+                singles[b] = (hl, d, d)
+            else:
+                order = self._single_order(h, d, cap[b], comp)
+                hl = h[order].tolist()
+                d = d[order]
+                singles[b] = (hl, d, np.minimum.accumulate(d[::-1], axis=0)[::-1])
             heads.append((keys[hl[0]], b, 0))
         if multi:
             multi.sort(key=lambda q: keys[q.handle])
@@ -213,12 +217,17 @@ class GreedyPolicy(Policy):
         avail = U.copy()
         decisions: list[Decision] = []
         decided: set[int] = set()
+        touched: set[int] = set()  # blocks on which this pass granted something
+        granted_on = touched.__contains__
         while heads:
             _, src, i = heapq.heappop(heads)
             if src < 0:
                 q = multi[i]
                 if i + 1 < len(multi):
                     heapq.heappush(heads, (keys[multi[i + 1].handle], -1, i + 1))
+                w = watches.block_of(q.handle)
+                if w >= 0 and granted_on(w) and not self._fits_on(q, w, avail, cap, comp):
+                    continue  # an earlier grant of this pass took the budget that woke it: it keeps waiting
                 pos = first_misfit(q, avail, cap, comp)
             else:
                 hl, d, floor = singles[src]
@@ -232,6 +241,7 @@ class GreedyPolicy(Policy):
             h = q.handle
             if pos < 0:
                 avail[q.idx] -= q.demand
+                touched.update(q.idx.tolist())
                 watches.unwatch(h)
                 decisions.append(Decision(h, Verdict.GRANT))
                 decided.add(h)
@@ -266,6 +276,13 @@ class GreedyPolicy(Policy):
         assert self._watches is not None
         self._watches.watch(q, block_to_watch(q, pos, U, ledger.locked, cap, comp) if q.idx.shape[0] > 1 else pos)
         return []
+
+    @staticmethod
+    def _fits_on(q: QueuedClaim, block: int, avail: FloatArray, cap: FloatArray, comp: Composition) -> bool:
+        """Whether ``q``'s demand on one of its blocks fits that block's available budget."""
+        k = int(np.flatnonzero(q.idx == block)[0])
+        row = slice(block, block + 1)
+        return bool(comp.fits(q.demand[k : k + 1], avail[row], cap[row])[0])
 
     @staticmethod
     def _still_possible(q: QueuedClaim, consumed: FloatArray, cap: FloatArray, comp: Composition) -> bool:
