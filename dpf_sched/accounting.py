@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from dpf_sched.budget import Conversion, conversion_penalty
 from dpf_sched.errors import InvalidParameterError
 
 __all__ = [
@@ -647,9 +648,7 @@ def subsampled_gaussian_rdp(
 
 def _epsilon_candidates(a: FloatArray, r: FloatArray, delta: float, conversion: str) -> FloatArray:
     """ε(α) bound at each order, before the minimisation; ``inf`` where the curve is ``inf``."""
-    if conversion == "classic":
-        return np.asarray(r + math.log(1.0 / delta) / (a - 1.0), dtype=np.float64)
-    return np.asarray(r + np.log((a - 1.0) / a) - (math.log(delta) + np.log(a)) / (a - 1.0), dtype=np.float64)
+    return np.asarray(r + conversion_penalty(a, delta, Conversion.parse(conversion)), dtype=np.float64)
 
 
 def rdp_to_epsilon(

@@ -256,12 +256,19 @@ def epsdelta_to_rdp_capacity(
     if d >= 1.0:
         raise InvalidBudgetError(f"delta must be < 1, got {d}")
     a = np.asarray(check_alphas(alphas))
-    conv = Conversion.parse(conversion)
-    if conv is Conversion.CLASSIC:
-        g = eps - math.log(1.0 / d) / (a - 1.0)
-    else:
-        g = eps - np.log((a - 1.0) / a) + (math.log(d) + np.log(a)) / (a - 1.0)
-    return np.maximum(g, 0.0)
+    return np.maximum(eps - conversion_penalty(a, d, Conversion.parse(conversion)), 0.0)
+
+
+def conversion_penalty(alphas: FloatArray, delta: float, conversion: Conversion) -> FloatArray:
+    """The per-order gap between RDP and (ε, δ)-DP: ``ε(α) = r(α) + penalty(α)``, ``G(α) = ε_G − penalty(α)``.
+
+    Classic (Mironov 2017, Prop. 3): ``ln(1/δ)/(α−1)``. Balle et al. 2020, Thm 21:
+    ``ln((α−1)/α) − (ln δ + ln α)/(α−1)``. Inputs are assumed validated.
+    """
+    a = alphas
+    if conversion is Conversion.CLASSIC:
+        return np.asarray(math.log(1.0 / delta) / (a - 1.0), dtype=np.float64)
+    return np.asarray(np.log((a - 1.0) / a) - (math.log(delta) + np.log(a)) / (a - 1.0), dtype=np.float64)
 
 
 def rdp_to_epsilon(
@@ -289,11 +296,7 @@ def rdp_to_epsilon(
     if bad.any():
         i = int(np.argmax(bad))
         raise InvalidBudgetError(f"RDP value at α={a[i]} is {r[i]}; values must be ≥ 0 (inf is allowed)")
-    conv = Conversion.parse(conversion)
-    if conv is Conversion.CLASSIC:
-        eps = r + math.log(1.0 / d) / (a - 1.0)
-    else:
-        eps = r + np.log((a - 1.0) / a) - (math.log(d) + np.log(a)) / (a - 1.0)
+    eps = r + conversion_penalty(a, d, Conversion.parse(conversion))
     i = int(np.argmin(eps))
     return max(0.0, float(eps[i])), float(a[i])
 

@@ -37,9 +37,9 @@ generate those inputs; everything else is checked the same.
 
 The module also holds deterministic scenarios (``SCENARIOS``) with the same factory signature.
 
-Only the abstract :class:`Ledger` interface is used, except that ``locked`` / ``allocated`` arrays are read
-from the ledger when it has them (``MemoryLedger`` does; the abstract interface does not declare them) and are
-otherwise rebuilt from :meth:`Ledger.budgets`.
+Only the abstract :class:`Ledger` interface is used, except that the ``allocated`` array is read from the
+ledger when it has one (``MemoryLedger`` does; the abstract interface does not declare it) and is otherwise
+rebuilt from :meth:`Ledger.budgets`.
 """
 
 from __future__ import annotations
@@ -135,22 +135,22 @@ def wrong_grid_budget(comp: RenyiComposition) -> RenyiCurve:
     return RenyiCurve(grid, np.full(len(grid), 0.25))
 
 
-def _bucket(ledger: Ledger, name: str) -> FloatArray:
-    """``ledger.<name>`` as a float64 (n_blocks, width) copy; from ``budgets()`` if the ledger lacks the array."""
-    arr = getattr(ledger, name, None)
-    if arr is not None:
-        return np.array(arr, dtype=np.float64).reshape(ledger.n_blocks, ledger.composition.width)
-    rows = [ledger.composition.row(getattr(ledger.budgets(b.id), name)) for b in ledger.blocks()]
-    return np.array(rows, dtype=np.float64).reshape(ledger.n_blocks, ledger.composition.width)
+def allocated_array(ledger: Ledger) -> FloatArray:
+    """The (n_blocks, width) allocated budget: ``ledger.allocated`` where the backend has it (the abstract
+    interface does not declare it), else rebuilt from :meth:`Ledger.budgets`."""
+    arr = getattr(ledger, "allocated", None)
+    if arr is None:
+        arr = [ledger.composition.row(ledger.budgets(b.id).allocated) for b in ledger.blocks()]
+    return np.array(arr, dtype=np.float64).reshape(ledger.n_blocks, ledger.composition.width)
 
 
 def ledger_arrays(ledger: Ledger) -> dict[str, FloatArray]:
     """The block-level observable state as plain arrays."""
     return {
         "capacity": np.array(ledger.capacity, dtype=np.float64),
-        "locked": _bucket(ledger, "locked"),
+        "locked": np.array(ledger.locked, dtype=np.float64),
         "unlocked": np.array(ledger.unlocked, dtype=np.float64),
-        "allocated": _bucket(ledger, "allocated"),
+        "allocated": allocated_array(ledger),
         "consumed": np.array(ledger.consumed, dtype=np.float64),
         "unlocked_fraction": np.array(ledger.unlocked_fraction, dtype=np.float64),
         "retired": np.array(ledger.retired_mask, dtype=bool),
@@ -533,12 +533,13 @@ class LedgerContract(RuleBasedStateMachine):
             (np.array(idx, dtype=np.int64), np.array(fracs, dtype=np.float64)) if as_array else (idx, fracs)
         )
         before = ledger_arrays(self.ledger)
-        ok, _ = self.apply(
+        ok, grew = self.apply(
             f"unlock_to({idx}, {fracs})", lambda: self.ledger.unlock_to(*args), expect(faults, maybe=maybe)
         )
         if not ok:
             return
         touched = {i for i, _ in applied}
+        raised = {i for i, f in applied if min(f, 1.0) > self.blocks[i].frac}
         for i, f in applied:
             b = self.blocks[i]
             b.frac = max(b.frac, min(f, 1.0))
@@ -548,6 +549,11 @@ class LedgerContract(RuleBasedStateMachine):
         for i in touched:
             for name in ("allocated", "consumed"):
                 assert after[name][i].tobytes() == before[name][i].tobytes(), f"unlock_to changed {name}"
+        # It returns the blocks whose unlocked budget grew (Ledger.unlock_to): at least every block whose
+        # unlocked budget visibly grew, at most those whose fraction rose (a rise of 1e-308 moves no budget).
+        returned = {int(i) for i in np.asarray(grew).reshape(-1)}
+        really_grew = {i for i in touched if np.any(after["unlocked"][i] > before["unlocked"][i])}
+        assert really_grew <= returned <= raised, f"unlock_to returned {returned}; grew {really_grew}, raised {raised}"
 
     def op_retire(self, data: st.DataObject) -> None:
         known = [b.id for b in self.blocks]
@@ -1102,7 +1108,7 @@ def scenario_tolerance_stacking_overspend(make_ledger: LedgerFactory, comp: Comp
     with contextlib.suppress(OverConsumptionError):
         ledger.consume("c", {"b": make_budget(comp, cap * (1.0 + 1.8 * REL_TOL))})
     assert ledger.violations() == [], [str(v) for v in ledger.violations()]
-    spent = np.asarray(ledger.consumed)[0] + _bucket(ledger, "allocated")[0]
+    spent = np.asarray(ledger.consumed)[0] + allocated_array(ledger)[0]
     assert np.all(spent <= cap * (1.0 + REL_TOL)), f"spent {spent} of capacity {cap}"
 
 

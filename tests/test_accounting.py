@@ -463,7 +463,8 @@ if HAVE_HYPOTHESIS:  # a declared dependency; the property test is simply absent
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_imports_only_numpy_scipy_and_errors() -> None:
+def test_imports_only_numpy_scipy_and_lower_layers() -> None:
+    """No torch or opacus; of our own modules only the layers below it (DESIGN.md: arrows point down)."""
     tree = ast.parse(Path(accounting.__file__).read_text(encoding="utf-8"))
     modules: set[str] = set()
     for node in ast.walk(tree):
@@ -472,4 +473,4 @@ def test_imports_only_numpy_scipy_and_errors() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
             modules.add(node.module)
     assert not any(m.split(".")[0] in {"torch", "opacus"} for m in modules)
-    assert {m for m in modules if m.startswith("dpf_sched")} == {"dpf_sched.errors"}
+    assert {m for m in modules if m.startswith("dpf_sched")} <= {"dpf_sched.errors", "dpf_sched.budget"}

@@ -122,9 +122,7 @@ class MemoryLedger(Ledger):
         self._refresh_views()
         return i
 
-    def unlock_to(
-        self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray
-    ) -> IntArray:
+    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
         raw = np.asarray(block_indices)
         if raw.size and raw.dtype.kind not in "iu":
             raise InvalidParameterError(f"unlock block indices must be integers, got {block_indices!r}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from dpf_sched.policies.base import TIE_BREAKS, Param, Unlocker, boolean, choice, positive_float, positive_int
+from dpf_sched.policies.base import TIE_BREAKS, Param, Unlocker, boolean, choice
 from dpf_sched.policies.greedy import GreedyPolicy
-from dpf_sched.policies.unlocking import UNLOCK_MODES, UnlockOverTime, UnlockPerArrival
+from dpf_sched.policies.unlocking import ARRIVAL_PARAMS, TIMED_PARAMS, arrival_unlocker, timed_unlocker
 
 _COMMON = {
     "tie_break": Param(choice("tie_break", TIE_BREAKS), "lexicographic", "order among equal dominant shares"),
@@ -19,13 +19,10 @@ class DPFN(GreedyPolicy):
     ascending dominant share (ties: second largest share, and so on, then arrival)."""
 
     name = "dpf-n"
-    params: ClassVar = {
-        "N": Param(positive_int("N"), 100, "arrivals after which a block is fully unlocked"),
-        **_COMMON,
-    }
+    params: ClassVar = {**ARRIVAL_PARAMS, **_COMMON}
 
     def make_unlocker(self) -> Unlocker:
-        return UnlockPerArrival(int(self.config["N"]))
+        return arrival_unlocker(self.config)
 
 
 class DPFT(GreedyPolicy):
@@ -33,14 +30,7 @@ class DPFT(GreedyPolicy):
     waiting claims are granted in ascending dominant share."""
 
     name = "dpf-t"
-    params: ClassVar = {
-        "T": Param(positive_float("T"), 100.0, "time after creation at which a block is fully unlocked"),
-        "tick": Param(positive_float("tick", allow_none=True), None, "unlock period (default T/100)"),
-        "unlock": Param(choice("unlock", UNLOCK_MODES), "paper", "paper: (t-created)/T; artifact: (k+1)/K"),
-        **_COMMON,
-    }
+    params: ClassVar = {**TIMED_PARAMS, **_COMMON}
 
     def make_unlocker(self) -> Unlocker:
-        T = float(self.config["T"])
-        tick = self.config["tick"]
-        return UnlockOverTime(T, float(tick) if tick is not None else T / 100.0, str(self.config["unlock"]))
+        return timed_unlocker(self.config)

@@ -16,16 +16,12 @@ from numpy.typing import NDArray
 
 from dpf_sched.policies.base import (
     Decision,
-    Param,
     PassContext,
     Policy,
     Unlocker,
     Verdict,
-    choice,
-    positive_float,
-    positive_int,
 )
-from dpf_sched.policies.unlocking import UNLOCK_MODES, UnlockOverTime, UnlockPerArrival
+from dpf_sched.policies.unlocking import ARRIVAL_PARAMS, TIMED_PARAMS, arrival_unlocker, timed_unlocker
 
 FloatArray = NDArray[np.float64]
 
@@ -116,23 +112,17 @@ class RRN(_RoundRobin):
     """RR-N: DPF-N's unlocking (``G_j / N`` per arrival) with max-min fair pouring."""
 
     name = "rr-n"
-    params: ClassVar = {"N": Param(positive_int("N"), 100, "arrivals after which a block is fully unlocked")}
+    params: ClassVar = ARRIVAL_PARAMS
 
     def make_unlocker(self) -> Unlocker:
-        return UnlockPerArrival(int(self.config["N"]))
+        return arrival_unlocker(self.config)
 
 
 class RRT(_RoundRobin):
     """RR-T: DPF-T's timed unlocking with max-min fair pouring."""
 
     name = "rr-t"
-    params: ClassVar = {
-        "T": Param(positive_float("T"), 100.0, "time after creation at which a block is fully unlocked"),
-        "tick": Param(positive_float("tick", allow_none=True), None, "unlock period (default T/100)"),
-        "unlock": Param(choice("unlock", UNLOCK_MODES), "paper", "paper: (t-created)/T; artifact: (k+1)/K"),
-    }
+    params: ClassVar = TIMED_PARAMS
 
     def make_unlocker(self) -> Unlocker:
-        T = float(self.config["T"])
-        tick = self.config["tick"]
-        return UnlockOverTime(T, float(tick) if tick is not None else T / 100.0, str(self.config["unlock"]))
+        return timed_unlocker(self.config)

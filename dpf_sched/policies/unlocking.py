@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from dpf_sched.errors import InvalidParameterError
-from dpf_sched.policies.base import LedgerView, Unlock, Unlocker
+from dpf_sched.policies.base import LedgerView, Param, Unlock, Unlocker, choice, positive_float, positive_int
 from dpf_sched.queue import QueuedClaim
 
 UNLOCK_MODES = ("paper", "artifact")
@@ -86,3 +88,28 @@ class UnlockOverTime(Unlocker):
             k = np.floor(age / self.tick + 1e-9)
             target = np.minimum((k + 1.0) / self.K, 1.0)
         return Unlock(active.astype(np.int64), target)
+
+
+#: Parameters of the per-arrival unlocking (DPF-N, RR-N).
+ARRIVAL_PARAMS: Mapping[str, Param] = {
+    "N": Param(positive_int("N"), 100, "arrivals after which a block is fully unlocked"),
+}
+
+#: Parameters of the timed unlocking (DPF-T, RR-T).
+TIMED_PARAMS: Mapping[str, Param] = {
+    "T": Param(positive_float("T"), 100.0, "time after creation at which a block is fully unlocked"),
+    "tick": Param(positive_float("tick", allow_none=True), None, "unlock period (default T/100)"),
+    "unlock": Param(choice("unlock", UNLOCK_MODES), "paper", "paper: (t-created)/T; artifact: (k+1)/K"),
+}
+
+
+def arrival_unlocker(config: Mapping[str, Any]) -> UnlockPerArrival:
+    """The per-arrival unlocker of a policy configured with :data:`ARRIVAL_PARAMS`."""
+    return UnlockPerArrival(int(config["N"]))
+
+
+def timed_unlocker(config: Mapping[str, Any]) -> UnlockOverTime:
+    """The timed unlocker of a policy configured with :data:`TIMED_PARAMS` (default tick ``T/100``)."""
+    T = float(config["T"])
+    tick = config["tick"]
+    return UnlockOverTime(T, float(tick) if tick is not None else T / 100.0, str(config["unlock"]))
