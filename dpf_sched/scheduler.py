@@ -43,7 +43,7 @@ class Outcome:
 
 def share_key(shares: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, ...]:
     """Per-block shares in descending order with trailing zeros dropped (the lexicographic tie-break key)."""
-    s = sorted((float(x) for x in shares), reverse=True)
+    s = sorted(shares.tolist(), reverse=True)
     while s and s[-1] == 0.0:
         s.pop()
     return tuple(s)

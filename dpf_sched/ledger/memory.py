@@ -22,6 +22,7 @@ from dpf_sched.composition import Composition, check_capacity
 from dpf_sched.errors import (
     DuplicateIdError,
     InsufficientBudgetError,
+    InvalidBudgetError,
     InvalidParameterError,
     InvalidStateError,
     OverConsumptionError,
@@ -55,6 +56,12 @@ class _ClaimEntry:
     reason: str | None = None
 
 
+def _check_row(rows: FloatArray, what: str) -> None:
+    """Budget rows reaching the ledger must be finite and ≥ 0, whatever built them (defence in depth)."""
+    if not np.isfinite(rows).all() or (rows < 0).any():
+        raise InvalidBudgetError(f"{what} holds a negative or non-finite value: {np.asarray(rows).tolist()}")
+
+
 def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
     v = a.view()
     v.flags.writeable = False
@@ -74,6 +81,7 @@ class MemoryLedger(Ledger):
         self._unlocked = np.zeros((cap, k))
         self._allocated = np.zeros((cap, k))
         self._consumed = np.zeros((cap, k))
+        self._through = np.zeros((cap, k))  # Σ |demand| ever allocated: the scale of rounding residue
         self._fraction = np.zeros(cap)
         self._created = np.zeros(cap)
         self._retired = np.zeros(cap, dtype=bool)
@@ -91,7 +99,7 @@ class MemoryLedger(Ledger):
     # ----- growth -------------------------------------------------------------------------------------------
     def _grow(self) -> None:
         new = 2 * self._cap.shape[0]
-        for name in ("_cap", "_locked", "_unlocked", "_allocated", "_consumed"):
+        for name in ("_cap", "_locked", "_unlocked", "_allocated", "_consumed", "_through"):
             old = getattr(self, name)
             arr = np.zeros((new, old.shape[1]))
             arr[: self._n] = old[: self._n]
@@ -109,6 +117,7 @@ class MemoryLedger(Ledger):
         if block.id in self._block_index:
             raise DuplicateIdError(f"block {block.id} already exists")
         row = self.composition.row(block.capacity)
+        _check_row(row, f"block {block.id}: capacity")
         check_capacity(self.composition, row, f"block {block.id}")
         if self._n == self._cap.shape[0]:
             self._grow()
@@ -261,6 +270,7 @@ class MemoryLedger(Ledger):
         demand = np.array(
             [rows.get(id(v)) if id(v) in rows else rows.setdefault(id(v), row(v)) for v in claim.demand.values()]
         )
+        _check_row(demand, f"claim {claim.id}: demand")
         demand.flags.writeable = False
         self._claims[claim.id] = _ClaimEntry(
             claim=claim,
@@ -285,6 +295,7 @@ class MemoryLedger(Ledger):
             raise InsufficientBudgetError(f"claim {claim_id} does not fit in the unlocked budget of block {bad}")
         self._unlocked[idx] -= e.demand
         self._allocated[idx] += e.demand
+        self._through[idx] += e.demand
         e.remaining = e.demand.copy()
         e.state = ClaimState.GRANTED
         e.granted_at = e.decided_at = now
@@ -325,8 +336,13 @@ class MemoryLedger(Ledger):
                 if b not in pos:
                     raise UnknownBlockError(f"claim {claim_id} holds no grant on block {b!r}")
                 amt[pos[b]] = self.composition.row(budget)
-        tol = self.composition.tolerance(self._cap[e.idx])
-        over = amt > e.remaining + tol
+        _check_row(amt, f"claim {claim_id}: consumption")
+        # A consumption may exceed what remains of the grant by rounding only: at most the tolerance over the
+        # whole grant (not per call), and never so that the block leaves its guarantee. The excess is charged
+        # in full against the unlocked bucket, never forgiven.
+        cap = self._cap[idx]
+        tol = self.composition.tolerance(cap)
+        over = (amt > e.remaining + tol) | (e.consumed + amt > e.demand + tol)
         if over.any():
             k, col = np.argwhere(over)[0]
             raise OverConsumptionError(
@@ -334,7 +350,13 @@ class MemoryLedger(Ledger):
                 f"but only {e.remaining[k, col]:.12g} of its grant remains"
             )
         from_alloc = np.minimum(amt, e.remaining)
-        excess = amt - from_alloc  # ≤ tolerance: charged against unlocked, never forgiven
+        excess = amt - from_alloc
+        if excess.any():
+            spent = self._allocated[idx] - from_alloc + self._consumed[idx] + amt
+            inside = self.composition.within(spent, cap)
+            if not inside.all():
+                bad = e.claim.blocks[int(np.argmin(inside))]
+                raise OverConsumptionError(f"claim {claim_id}: consuming beyond its grant would overspend block {bad}")
         self._allocated[idx] -= from_alloc
         self._unlocked[idx] -= excess
         self._consumed[idx] += amt
@@ -384,7 +406,7 @@ class MemoryLedger(Ledger):
         L, U, A, C = self._locked[:n], self._unlocked[:n], self._allocated[:n], self._consumed[:n]
         # Rounding error scales with the magnitudes summed (unusable Rényi orders have capacity 0 but carry
         # demands), so the audit's tolerance does too; it is far below any budget that matters.
-        tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C)) + 1e-300
+        tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C) + self._through[:n]) + 1e-300
         names = [b.id for b in self._blocks]
         bad = np.abs(L + U + A + C - cap) > tol
         for i in np.flatnonzero(bad.any(axis=1)):

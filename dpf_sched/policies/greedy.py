@@ -166,104 +166,102 @@ class GreedyPolicy(Policy):
             self._watches = WatchIndex(comp.width)
         watches = self._watches
         keys = self._keys
-        for q in ctx.arrivals:
+        arrivals = [q for q in ctx.arrivals if q.handle in queue]
+        for q in arrivals:
             keys[q.handle] = self.sort_key(q)
         # Candidates: claims watching a block that gained budget whose demand there now fits, and arrivals.
-        multi: list[QueuedClaim] = []
-        parts: dict[int, list[tuple[IntArray, FloatArray]]] = {}
-        if ctx.dirty.size:
-            for b, handles, dem in watches.fitting(ctx.dirty, U, cap, comp):
-                one = watches.single[handles]
-                if one.any():
-                    parts.setdefault(b, []).append((handles[one], dem[one]))
-                for h in handles[~one].tolist():
-                    multi.append(queue.get(h))
-        new: dict[int, QueuedClaim] = {}
-        for q in ctx.arrivals:
-            if q.handle in queue:
-                new[q.handle] = q
-                if q.idx.shape[0] == 1:
-                    parts.setdefault(int(q.idx[0]), []).append((np.full(1, q.handle, dtype=np.int64), q.demand))
-                else:
-                    multi.append(q)
-        if not multi and not parts:
-            return []
-        if not multi and len(new) == 1 and len(parts) == 1 and len(next(iter(parts.values()))) == 1:
-            return self._lone_arrival(next(iter(new.values())), ledger)
-        if not parts and len(new) == 1 and len(multi) == 1:
-            return self._lone_arrival(multi[0], ledger)
-        # Single-block candidates of one block compete for that block alone. They are sorted by key, with the
-        # element-wise minimum of the demands from each position on ("suffix floor"): once the block cannot
-        # fit the floor, no later single-block candidate of that block can fit (basic: a column is short for
-        # all; Rényi: no order fits any), and the rest of that list is left as it is, unexamined.
-        singles: dict[int, tuple[list[int], FloatArray, FloatArray]] = {}
-        heads: list[tuple[Any, int, int]] = []  # (key, source, position); source -1 is the multi list
+        woken = watches.fitting(ctx.dirty, U, cap, comp) if ctx.dirty.size else []
+        if not woken:
+            if not arrivals:
+                return []
+            if len(arrivals) == 1:
+                return self._lone_arrival(arrivals[0], ledger)
+        new = {q.handle: q for q in arrivals}
+        # Candidates that need budget on one block b form b's group: the claims woken by b (single- or
+        # multi-block) and the single-block arrivals on b. A group is sorted by key, with the element-wise
+        # minimum of its members' demands on b from each position on ("suffix floor"): once b cannot fit the
+        # floor, no later member can fit (basic: a column is short for all; Rényi: no order fits any), and the
+        # rest of the group is left as it is, unexamined. Multi-block arrivals form their own list.
+        parts: dict[int, list[tuple[IntArray, FloatArray]]] = {b: [(h, d)] for b, h, d in woken}
+        mixed = {b for b, h, _ in woken if not bool(watches.single[h].all())}
+        loose: list[QueuedClaim] = []
+        for q in arrivals:
+            if q.idx.shape[0] == 1:
+                parts.setdefault(int(q.idx[0]), []).append((np.full(1, q.handle, dtype=np.int64), q.demand))
+            else:
+                loose.append(q)
+        groups: dict[int, tuple[list[int], FloatArray, FloatArray]] = {}
+        heads: list[tuple[Any, int, int]] = []  # (key, source, position); source -1 is the loose list
         for b, chunks in parts.items():
             h = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
             d = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
             if h.shape[0] == 1:
                 hl = h.tolist()
-                singles[b] = (hl, d, d)
+                groups[b] = (hl, d, d)
             else:
-                order = self._single_order(h, d, cap[b], comp)
+                order = self._group_order(h, d, cap[b], comp, b not in mixed)
                 hl = h[order].tolist()
                 d = d[order]
-                singles[b] = (hl, d, np.minimum.accumulate(d[::-1], axis=0)[::-1])
+                groups[b] = (hl, d, np.minimum.accumulate(d[::-1], axis=0)[::-1])
             heads.append((keys[hl[0]], b, 0))
-        if multi:
-            multi.sort(key=lambda q: keys[q.handle])
-            heads.append((keys[multi[0].handle], -1, 0))
+        if loose:
+            loose.sort(key=lambda q: keys[q.handle])
+            heads.append((keys[loose[0].handle], -1, 0))
         heapq.heapify(heads)
         avail = U.copy()
         decisions: list[Decision] = []
         decided: set[int] = set()
-        touched: set[int] = set()  # blocks on which this pass granted something
-        granted_on = touched.__contains__
         while heads:
             _, src, i = heapq.heappop(heads)
             if src < 0:
-                q = multi[i]
-                if i + 1 < len(multi):
-                    heapq.heappush(heads, (keys[multi[i + 1].handle], -1, i + 1))
-                w = watches.block_of(q.handle)
-                if w >= 0 and granted_on(w) and not self._fits_on(q, w, avail, cap, comp):
-                    continue  # an earlier grant of this pass took the budget that woke it: it keeps waiting
-                pos = first_misfit(q, avail, cap, comp)
+                q = loose[i]
+                if i + 1 < len(loose):
+                    heapq.heappush(heads, (keys[loose[i + 1].handle], -1, i + 1))
             else:
-                hl, d, floor = singles[src]
+                hl, d, floor = groups[src]
                 row = slice(src, src + 1)
                 if not bool(comp.fits(floor[i : i + 1], avail[row], cap[row])[0]):
-                    continue  # nobody left in this list fits; new arrivals among them are settled below
-                q = queue.get(hl[i])
+                    continue  # nobody left in this group fits on its block; they keep waiting there
                 if i + 1 < len(hl):
                     heapq.heappush(heads, (keys[hl[i + 1]], src, i + 1))
-                pos = 0 if not bool(comp.fits(d[i : i + 1], avail[row], cap[row])[0]) else -1
-            h = q.handle
+                if not bool(comp.fits(d[i : i + 1], avail[row], cap[row])[0]):
+                    continue  # an earlier grant of this pass took what it needed on its block
+                q = queue.get(hl[i])
+                if q.idx.shape[0] == 1:
+                    self._grant(q, avail, decisions, decided)
+                    continue
+            handle = q.handle
+            pos = first_misfit(q, avail, cap, comp)
             if pos < 0:
-                avail[q.idx] -= q.demand
-                touched.update(q.idx.tolist())
-                watches.unwatch(h)
-                decisions.append(Decision(h, Verdict.GRANT))
-                decided.add(h)
-            elif src < 0 and h not in new and not self._still_possible(q, ledger.consumed, cap, comp):
+                self._grant(q, avail, decisions, decided)
+            elif handle in new:
+                continue  # settled after the loop
+            elif not self._still_possible(q, ledger.consumed, cap, comp):
                 # Consumption never decreases: a claim that exceeds capacity − consumed on a block can never
                 # be granted ("never", not "wait"); telling it now frees the queue of dead weight.
-                watches.unwatch(h)
-                decisions.append(Decision(h, Verdict.REJECT, "demand exceeds what a block can still provide"))
-                decided.add(h)
-            elif not (self.reject_misfits_on_arrival and h in new):
-                pos = block_to_watch(q, pos, avail, ledger.locked, cap, comp) if src < 0 else pos
-                if watches.block_of(h) != int(q.idx[pos]):
+                watches.unwatch(handle)
+                decisions.append(Decision(handle, Verdict.REJECT, "demand exceeds what a block can still provide"))
+                decided.add(handle)
+            else:
+                pos = block_to_watch(q, pos, avail, ledger.locked, cap, comp)
+                if watches.block_of(handle) != int(q.idx[pos]):
                     watches.watch(q, pos)
-        for h, q in new.items():  # arrivals not granted: FCFS rejects them, others wait on a misfit block
-            if h in decided:
+        for handle, q in new.items():  # arrivals not granted: FCFS rejects them, others wait on a misfit block
+            if handle in decided:
                 continue
             if self.reject_misfits_on_arrival:
-                decisions.append(Decision(h, Verdict.REJECT, "does not fit at arrival"))
-            elif h not in watches:
+                decisions.append(Decision(handle, Verdict.REJECT, "does not fit at arrival"))
+            else:
                 pos = max(first_misfit(q, avail, cap, comp), 0)
-                watches.watch(q, block_to_watch(q, pos, avail, ledger.locked, cap, comp))
+                watches.watch(q, block_to_watch(q, pos, avail, ledger.locked, cap, comp) if q.idx.shape[0] > 1 else pos)
         return decisions
+
+    def _grant(self, q: QueuedClaim, avail: FloatArray, decisions: list[Decision], decided: set[int]) -> None:
+        avail[q.idx] -= q.demand
+        assert self._watches is not None
+        self._watches.unwatch(q.handle)
+        decisions.append(Decision(q.handle, Verdict.GRANT))
+        decided.add(q.handle)
 
     def _lone_arrival(self, q: QueuedClaim, ledger: LedgerView) -> list[Decision]:
         """The common pass: one arrival and no waiting claim woke up. Grant it, reject it (FCFS) or watch."""
@@ -290,14 +288,17 @@ class GreedyPolicy(Policy):
         c = cap[q.idx]
         return bool(comp.fits(q.demand, c - consumed[q.idx], c).all())
 
-    def _single_order(self, handles: IntArray, dem: FloatArray, cap_row: FloatArray, comp: Composition) -> IntArray:
-        """Order of single-block candidates of one block by this policy's sort key.
+    def _group_order(
+        self, handles: IntArray, dem: FloatArray, cap_row: FloatArray, comp: Composition, all_single: bool
+    ) -> IntArray:
+        """Order of one block's group of candidates by this policy's sort key.
 
         For the built-in key (dominant share, then lexicographic shares or arrival, then submission order) a
         single-block claim's key is (its share on that block, its sequence number), and handles are sequence
-        numbers: one vectorised lexsort. A subclass with its own ``sort_key`` gets its keys compared as they are.
+        numbers: one vectorised lexsort. Groups with multi-block claims, or a subclass with its own
+        ``sort_key``, get their keys compared as they are.
         """
-        if type(self).sort_key is Policy.sort_key:
+        if all_single and type(self).sort_key is Policy.sort_key:
             shares = comp.shares(dem, cap_row[None, :])
             return np.lexsort((handles, shares))
         keys = self._keys

@@ -26,17 +26,15 @@ class UnlockPerArrival(Unlocker):
         if n <= 0:
             raise InvalidParameterError(f"N must be positive, got {n}")
         self.n = n
-        self._counts = np.zeros(64, dtype=np.int64)
+        self._counts: dict[int, int] = {}  # block → arrivals so far (a claim asks for few blocks: plain ints)
 
     def on_arrival(self, claim: QueuedClaim, ledger: LedgerView) -> Unlock | None:
-        idx = claim.idx
-        need = int(idx.max()) + 1
-        if need > self._counts.shape[0]:
-            counts = np.zeros(max(need, 2 * self._counts.shape[0]), dtype=np.int64)
-            counts[: self._counts.shape[0]] = self._counts
-            self._counts = counts
-        self._counts[idx] += 1
-        return Unlock(idx, np.minimum(self._counts[idx] / self.n, 1.0))
+        counts = self._counts
+        fractions = []
+        for b in claim.idx.tolist():
+            c = counts[b] = counts.get(b, 0) + 1
+            fractions.append(min(c / self.n, 1.0))
+        return Unlock(claim.idx, np.array(fractions))
 
 
 class UnlockOverTime(Unlocker):
