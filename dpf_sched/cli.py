@@ -140,7 +140,7 @@ def compare(
     except ImportError:
         plot_note = "matplotlib is not installed (pip install 'dpf_sched[plot]'); no plot written"
     if as_json:
-        click.echo(json.dumps(df.to_dict(orient="records"), default=str))
+        click.echo(df.to_json(orient="records"))
         return
     click.echo(f"granted claims on {workload} (seeds {','.join(map(str, seed_list))}; mean over seeds)")
     click.echo(table.round(1).to_string())

@@ -114,7 +114,9 @@ def compare(
     else:
         iterable = specs
     rows = Parallel(n_jobs=n_jobs)(delayed(_run_one)(workload, wparams, spec) for spec in iterable)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df["N"] = df["N"].astype("Int64")  # N-less policies (FCFS, DRF) have <NA>, the others integers
+    return df
 
 
 def granted_table(df: pd.DataFrame) -> pd.DataFrame:
