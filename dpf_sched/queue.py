@@ -85,13 +85,13 @@ class BlockEntries:
 
 
 class ClaimQueue:
-    """Waiting claims of one scheduler, in submission order, indexed by block."""
+    """Waiting claims of one scheduler, in submission order, indexed by block (handles only)."""
 
     def __init__(self, width: int) -> None:
         self.width = width
         self._claims: dict[int, QueuedClaim] = {}
-        self._blocks: list[BlockEntries] = []
-        self._alive = np.zeros(1024, dtype=np.int64)  # 1 while waiting: the owner mark of every block buffer
+        self._blocks: list[list[int]] = []  # per block: handles that waited there (stale ones dropped lazily)
+        self._stale: list[int] = []  # per block: how many of those have left
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -108,31 +108,29 @@ class ClaimQueue:
 
     def add(self, q: QueuedClaim) -> None:
         """Enqueue a claim; its handle must be new."""
-        h = q.handle
-        if h >= self._alive.shape[0]:
-            alive = np.zeros(max(2 * self._alive.shape[0], h + 1), dtype=np.int64)
-            alive[: self._alive.shape[0]] = self._alive
-            self._alive = alive
-        self._alive[h] = 1
-        self._claims[h] = q
-        while len(self._blocks) <= int(q.idx.max()):
-            self._blocks.append(BlockEntries(self.width))
-        for k, b in enumerate(q.idx.tolist()):
-            self._blocks[b].append(h, q.demand[k])
+        self._claims[q.handle] = q
+        blocks = self._blocks
+        for b in q.idx.tolist():
+            while len(blocks) <= b:
+                blocks.append([])
+                self._stale.append(0)
+            blocks[b].append(q.handle)
 
     def remove(self, handle: int) -> QueuedClaim:
         """Dequeue a claim (granted, rejected or expired)."""
         q = self._claims.pop(handle)
-        self._alive[handle] = 0
+        claims = self._claims
         for b in q.idx.tolist():
-            self._blocks[b].dropped(self._alive, 1)
+            self._stale[b] += 1
+            lst = self._blocks[b]
+            if self._stale[b] * 2 > len(lst) and len(lst) > 32:
+                self._blocks[b] = [h for h in lst if h in claims]
+                self._stale[b] = 0
         return q
 
     def waiting_on(self, block: int) -> IntArray:
         """Handles of the claims waiting on ``block``, in submission order."""
         if block >= len(self._blocks):
             return np.empty(0, dtype=np.int64)
-        buf = self._blocks[block]
-        h = buf.handles[: buf.n]
-        live: IntArray = h[self._alive[h] == 1]
-        return live
+        claims = self._claims
+        return np.fromiter((h for h in self._blocks[block] if h in claims), dtype=np.int64)

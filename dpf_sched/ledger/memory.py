@@ -85,6 +85,8 @@ class MemoryLedger(Ledger):
         self._fraction = np.zeros(cap)
         self._created = np.zeros(cap)
         self._retired = np.zeros(cap, dtype=bool)
+        self._retired_ids: set[int] = set()
+        self._zeros: dict[tuple[int, ...], FloatArray] = {}  # shared read-only zero rows of each shape
         self._blocks: list[Block] = []
         self._block_index: dict[str, int] = {}
         self._claims: dict[str, _ClaimEntry] = {}
@@ -178,6 +180,7 @@ class MemoryLedger(Ledger):
     def retire(self, block_id: str) -> None:
         i = self.block_index(block_id)
         self._retired[i] = True
+        self._retired_ids.add(i)
 
     def block(self, block_id: str) -> Block:
         return self._blocks[self.block_index(block_id)]
@@ -262,7 +265,7 @@ class MemoryLedger(Ledger):
         except KeyError:
             missing = [b for b in claim.blocks if b not in index]
             raise UnknownBlockError(f"claim {claim.id} asks for unknown blocks {missing}") from None
-        if self._retired[idx].any():
+        if self._retired_ids and not self._retired_ids.isdisjoint(idx.tolist()):
             retired = [claim.blocks[k] for k in np.flatnonzero(self._retired[idx])]
             raise InvalidStateError(f"claim {claim.id} asks for retired blocks {retired}")
         rows: dict[int, FloatArray] = {}  # a uniform claim repeats one budget object: convert it once
@@ -276,10 +279,19 @@ class MemoryLedger(Ledger):
             claim=claim,
             idx=idx,
             demand=demand,
-            remaining=np.zeros_like(demand),
-            consumed=np.zeros_like(demand),
+            remaining=self._zero(demand.shape),
+            consumed=self._zero(demand.shape),
         )
         return idx, demand
+
+    def _zero(self, shape: tuple[int, ...]) -> FloatArray:
+        """A shared read-only zero array (bookkeeping arrays are replaced, never written in place)."""
+        z = self._zeros.get(shape)
+        if z is None:
+            z = np.zeros(shape)
+            z.flags.writeable = False
+            self._zeros[shape] = z
+        return z
 
     def allocate(self, claim_id: str, now: float) -> None:
         e = self._entry(claim_id)
@@ -287,7 +299,7 @@ class MemoryLedger(Ledger):
         if e.state is not ClaimState.WAITING:
             raise InvalidStateError(f"claim {claim_id} is {e.state.value}; only a waiting claim can be granted")
         idx = e.idx
-        if self._retired[idx].any():
+        if self._retired_ids and not self._retired_ids.isdisjoint(idx.tolist()):
             raise InvalidStateError(f"claim {claim_id} asks for a retired block")
         ok = self.composition.fits(e.demand, self._unlocked[idx], self._cap[idx])
         if not ok.all():
@@ -324,7 +336,7 @@ class MemoryLedger(Ledger):
             self._allocated[idx] -= e.remaining
             self._consumed[idx] += e.remaining
             e.consumed = e.consumed + e.remaining
-            e.remaining = np.zeros_like(e.remaining)
+            e.remaining = self._zero(e.remaining.shape)
             e.state = ClaimState.FINISHED
             return
         else:
@@ -341,7 +353,9 @@ class MemoryLedger(Ledger):
         # whole grant (not per call), and never so that the block leaves its guarantee. The excess is charged
         # in full against the unlocked bucket, never forgiven.
         cap = self._cap[idx]
-        tol = self.composition.tolerance(cap)
+        # Scaled by capacity and demand: at Rényi orders of zero capacity a demand is still carried, and its
+        # pieces must add back up to it despite rounding.
+        tol = self.composition.tolerance(cap + e.demand)
         over = (amt > e.remaining + tol) | (e.consumed + amt > e.demand + tol)
         if over.any():
             k, col = np.argwhere(over)[0]
@@ -370,7 +384,7 @@ class MemoryLedger(Ledger):
         idx = e.idx
         self._allocated[idx] -= e.remaining
         self._unlocked[idx] += e.remaining
-        e.remaining = np.zeros_like(e.remaining)
+        e.remaining = self._zero(e.remaining.shape)
         e.state = ClaimState.FINISHED
 
     def state(self, claim_id: str) -> ClaimState:
@@ -427,7 +441,7 @@ class MemoryLedger(Ledger):
                 continue
             np.add.at(alloc, e.idx, e.remaining)
             np.add.at(cons, e.idx, e.consumed)
-            if (e.consumed > e.demand + self.composition.tolerance(cap[e.idx])).any():
+            if (e.consumed > e.demand + self.composition.tolerance(cap[e.idx] + e.demand)).any():
                 out.append(InvariantViolation(4, f"claim {cid}", "consumed more than granted"))
         for i in np.flatnonzero((np.abs(alloc - A) > tol).any(axis=1)):
             out.append(InvariantViolation(3, f"block {names[i]}", "allocated ≠ sum of granted claims' remainders"))
