@@ -210,7 +210,11 @@ class Scheduler:
         return out
 
     def _reject_retired(self) -> list[Decision]:
+        if not self._dirty:
+            return []
         retired = self.ledger.retired_mask
+        if not retired.any():
+            return []
         out = []
         for b in list(self._dirty):
             if b < retired.shape[0] and retired[b]:
