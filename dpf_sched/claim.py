@@ -53,7 +53,7 @@ class Claim:
         arrival = self.arrival
         if type(arrival) is not float or not math.isfinite(arrival):  # fast path for the common case
             object.__setattr__(self, "arrival", check_time(f"claim {self.id}: arrival", arrival))
-        if not isinstance(self.demand, Mapping) or not self.demand:
+        if not (type(self.demand) is dict or isinstance(self.demand, Mapping)) or not self.demand:
             raise InvalidParameterError(f"claim {self.id}: demand must name at least one block")
         demand: dict[str, Budget] = {}
         checked: dict[int, Budget] = {}  # a uniform claim repeats one budget object: check it once

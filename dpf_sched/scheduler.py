@@ -251,7 +251,7 @@ class Scheduler:
                 now=now,
                 ledger=self.ledger,
                 queue=self.queue,
-                dirty=np.fromiter(sorted(self._dirty), dtype=np.int64, count=len(self._dirty)),
+                dirty=np.array(sorted(self._dirty), dtype=np.int64),
                 arrivals=self._arrivals,
             )
             decisions = self.policy.schedule(ctx)

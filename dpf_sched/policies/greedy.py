@@ -95,9 +95,10 @@ class WatchIndex:
         self, blocks: IntArray, available: FloatArray, capacity: FloatArray, comp: Composition
     ) -> list[tuple[int, IntArray, FloatArray]]:
         """Per block of ``blocks``: the watchers whose demand there fits its ``available`` row, and those demands."""
-        blocks = blocks[blocks < self.floor.shape[0]]
-        if blocks.size == 0:
-            return []
+        if int(blocks.max()) >= self.floor.shape[0]:  # the newest blocks may have no watchers yet
+            blocks = blocks[blocks < self.floor.shape[0]]
+            if blocks.size == 0:
+                return []
         maybe = blocks[comp.fits(self.floor[blocks], available[blocks], capacity[blocks])]
         out = []
         for block in maybe.tolist():

@@ -315,10 +315,13 @@ def _parse_claim(p: _Line, b: _Builder, t: float) -> ClaimEvent:
     blocks = p.obj["blocks"]
     if not isinstance(blocks, list) or not blocks:
         raise p.fail(f"blocks must be a non-empty list of block ids, got {blocks!r}")
-    for x in blocks:
-        if isinstance(x, bool) or not isinstance(x, (str, int)):
-            raise p.fail(f"block ids must be strings or integers, got {x!r}")
-    ids = [str(x) for x in blocks]
+    if all(type(x) is str for x in blocks):
+        ids = blocks
+    else:
+        for x in blocks:
+            if isinstance(x, bool) or not isinstance(x, (str, int)):
+                raise p.fail(f"block ids must be strings or integers, got {x!r}")
+        ids = [str(x) for x in blocks]
     return ClaimEvent(p.line, t, cid, Claim.uniform(cid, ids, uniform, arrival=t, **fields), label=label)
 
 
