@@ -111,7 +111,8 @@ class Ledger(ABC):
     def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
         """Raise each block's cumulative unlocked fraction to ``fraction`` (capped at 1, never lowered).
 
-        Returns the indices of the blocks whose unlocked budget grew.
+        Returns the indices of the blocks whose unlocked fraction grew (their unlocked budget grew with it,
+        by however little).
         """
 
     @abstractmethod
@@ -154,6 +155,11 @@ class Ledger(ABC):
     @abstractmethod
     def unlocked(self) -> FloatArray:
         """(n_blocks, width) unlocked budget, read-only."""
+
+    @property
+    @abstractmethod
+    def allocated(self) -> FloatArray:
+        """(n_blocks, width) allocated budget, read-only."""
 
     @property
     @abstractmethod
