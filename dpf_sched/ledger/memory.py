@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from dpf_sched.block import Block, check_time
 from dpf_sched.budget import Budget
 from dpf_sched.claim import Claim
-from dpf_sched.composition import Composition, check_capacity
+from dpf_sched.composition import REL_TOL, Composition, check_capacity
 from dpf_sched.errors import (
     DuplicateIdError,
     InsufficientBudgetError,
@@ -62,6 +62,12 @@ def _check_row(rows: FloatArray, what: str) -> None:
         raise InvalidBudgetError(f"{what} holds a negative or non-finite value: {np.asarray(rows).tolist()}")
 
 
+def _claim_tolerance(cap: FloatArray, demand: FloatArray) -> FloatArray:
+    """Rounding slack of a claim's total consumption: ``REL_TOL × capacity`` per column, and at columns of zero
+    capacity (unusable Rényi orders, which still carry the demand) ``REL_TOL × demand``."""
+    return np.asarray(np.where(cap > 0, cap, demand) * REL_TOL, dtype=np.float64)
+
+
 def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
     v = a.view()
     v.flags.writeable = False
@@ -81,7 +87,6 @@ class MemoryLedger(Ledger):
         self._unlocked = np.zeros((cap, k))
         self._allocated = np.zeros((cap, k))
         self._consumed = np.zeros((cap, k))
-        self._through = np.zeros((cap, k))  # Σ |demand| ever allocated: the scale of rounding residue
         self._fraction = np.zeros(cap)
         self._created = np.zeros(cap)
         self._retired = np.zeros(cap, dtype=bool)
@@ -101,7 +106,7 @@ class MemoryLedger(Ledger):
     # ----- growth -------------------------------------------------------------------------------------------
     def _grow(self) -> None:
         new = 2 * self._cap.shape[0]
-        for name in ("_cap", "_locked", "_unlocked", "_allocated", "_consumed", "_through"):
+        for name in ("_cap", "_locked", "_unlocked", "_allocated", "_consumed"):
             old = getattr(self, name)
             arr = np.zeros((new, old.shape[1]))
             arr[: self._n] = old[: self._n]
@@ -307,7 +312,6 @@ class MemoryLedger(Ledger):
             raise InsufficientBudgetError(f"claim {claim_id} does not fit in the unlocked budget of block {bad}")
         self._unlocked[idx] -= e.demand
         self._allocated[idx] += e.demand
-        self._through[idx] += e.demand
         e.remaining = e.demand.copy()
         e.state = ClaimState.GRANTED
         e.granted_at = e.decided_at = now
@@ -355,7 +359,7 @@ class MemoryLedger(Ledger):
         cap = self._cap[idx]
         # Scaled by capacity and demand: at Rényi orders of zero capacity a demand is still carried, and its
         # pieces must add back up to it despite rounding.
-        tol = self.composition.tolerance(cap + e.demand)
+        tol = _claim_tolerance(cap, e.demand)
         over = (amt > e.remaining + tol) | (e.consumed + amt > e.demand + tol)
         if over.any():
             k, col = np.argwhere(over)[0]
@@ -418,10 +422,25 @@ class MemoryLedger(Ledger):
             return out
         cap = self._cap[:n]
         L, U, A, C = self._locked[:n], self._unlocked[:n], self._allocated[:n], self._consumed[:n]
+        names = [b.id for b in self._blocks]
+        # Claim-level bookkeeping, summed per block: what granted claims still hold, what they consumed, and
+        # the demand that ever flowed through each block.
+        alloc = np.zeros_like(A)
+        cons = np.zeros_like(C)
+        through = np.zeros_like(C)
+        for cid, e in self._claims.items():
+            if e.state in (ClaimState.WAITING, ClaimState.REJECTED):
+                if e.remaining.any() or e.consumed.any():
+                    out.append(InvariantViolation(3, f"claim {cid}", "holds budget without a grant"))
+                continue
+            np.add.at(alloc, e.idx, e.remaining)
+            np.add.at(cons, e.idx, e.consumed)
+            np.add.at(through, e.idx, e.demand)
+            if (e.consumed > e.demand + _claim_tolerance(cap[e.idx], e.demand)).any():
+                out.append(InvariantViolation(4, f"claim {cid}", "consumed more than granted"))
         # Rounding error scales with the magnitudes summed (unusable Rényi orders have capacity 0 but carry
         # demands), so the audit's tolerance does too; it is far below any budget that matters.
-        tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C) + self._through[:n]) + 1e-300
-        names = [b.id for b in self._blocks]
+        tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C) + through) + 1e-300
         bad = np.abs(L + U + A + C - cap) > tol
         for i in np.flatnonzero(bad.any(axis=1)):
             out.append(InvariantViolation(1, f"block {names[i]}", "locked+unlocked+allocated+consumed ≠ capacity"))
@@ -431,18 +450,6 @@ class MemoryLedger(Ledger):
         within = self.composition.within(A + C, cap)
         for i in np.flatnonzero(~within):
             out.append(InvariantViolation(2, f"block {names[i]}", "allocated+consumed exceeds the capacity"))
-        # Claim-level bookkeeping must add up to the block buckets (invariants 3 and 4).
-        alloc = np.zeros_like(A)
-        cons = np.zeros_like(C)
-        for cid, e in self._claims.items():
-            if e.state in (ClaimState.WAITING, ClaimState.REJECTED):
-                if e.remaining.any() or e.consumed.any():
-                    out.append(InvariantViolation(3, f"claim {cid}", "holds budget without a grant"))
-                continue
-            np.add.at(alloc, e.idx, e.remaining)
-            np.add.at(cons, e.idx, e.consumed)
-            if (e.consumed > e.demand + self.composition.tolerance(cap[e.idx] + e.demand)).any():
-                out.append(InvariantViolation(4, f"claim {cid}", "consumed more than granted"))
         for i in np.flatnonzero((np.abs(alloc - A) > tol).any(axis=1)):
             out.append(InvariantViolation(3, f"block {names[i]}", "allocated ≠ sum of granted claims' remainders"))
         for i in np.flatnonzero((np.abs(cons - C) > tol).any(axis=1)):

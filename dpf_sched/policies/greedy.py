@@ -116,9 +116,11 @@ def first_misfit(q: QueuedClaim, avail: FloatArray, cap: FloatArray, comp: Compo
 
     Waiting on the block that is furthest from fitting wakes the claim less often than waiting on any misfit.
     """
-    gap = comp.shortfall(q.demand, avail[q.idx], cap[q.idx])
-    worst = int(gap.argmax())
-    return worst if gap[worst] > 0 else -1
+    a, c = avail[q.idx], cap[q.idx]
+    if comp.fits(q.demand, a, c).all():  # the common case, cheaper than the shortfall
+        return -1
+    gap = comp.shortfall(q.demand, a, c)
+    return int(gap.argmax())
 
 
 def block_to_watch(
