@@ -610,3 +610,20 @@ def test_as_lines_helper_round_trips() -> None:
     assert [json.loads(s) for s in lines] == objs
     assert all(s.endswith("\n") for s in lines)
     assert [type(e) for e in _events(lines)] == [BlockEvent, ClaimEvent]
+
+
+def test_renyi_scalar_epsilon_with_delta_needs_epsilon_below_one() -> None:
+    """(ε, δ) on a Rényi trace is the classically calibrated Gaussian, defined only for 0 < ε < 1."""
+    from dpf_sched.errors import TraceFormatError as _TFE
+
+    lines = [
+        '{"kind": "header", "composition": "renyi"}\n',
+        '{"kind": "block", "id": "b", "time": 0, "epsilon": 10, "delta": 1e-6}\n',
+        '{"kind": "claim", "id": "c", "time": 1, "blocks": ["b"], "epsilon": 1.5, "delta": 1e-9}\n',
+    ]
+    with pytest.raises(_TFE) as err:
+        list(read_trace(lines).events)
+    assert err.value.line == 3 and "rdp" in str(err.value)
+    ok = [*lines[:2], '{"kind": "claim", "id": "c", "time": 1, "blocks": ["b"], "epsilon": 0.5, "delta": 1e-9}\n']
+    (ev,) = [e for e in read_trace(ok).events if hasattr(e, "claim_id")]
+    assert ev.claim is not None

@@ -21,7 +21,7 @@ from dpf_sched.block import Block
 from dpf_sched.budget import DEFAULT_ALPHAS, AlphaGrid, Budget, Conversion, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.composition import BasicComposition, Composition, RenyiComposition
-from dpf_sched.errors import DpfSchedError, TraceFormatError
+from dpf_sched.errors import DpfSchedError, InvalidParameterError, TraceFormatError
 from dpf_sched.selector import BlockSelector
 
 COMPOSITIONS = ("basic", "renyi")
@@ -196,6 +196,11 @@ class _Builder:
         if delta is None or delta == 0:
             return RenyiCurve.constant(self.grid, float(eps))
         # (ε, δ) on a Rényi trace: the Gaussian mechanism calibrated to (ε, δ), as in OSDI'21 §6.1.
+        if not 0 < eps < 1:
+            raise InvalidParameterError(
+                f"epsilon {eps} with delta {delta} on a Rényi trace means the Gaussian mechanism calibrated by the "
+                "classic formula, which holds only for 0 < epsilon < 1; give an 'rdp' curve instead"
+            )
         sigma = gaussian_sigma_for(float(eps), float(delta))
         return RenyiCurve(self.grid, gaussian_rdp(self.grid.array, sigma))
 
