@@ -187,9 +187,7 @@ def test_curve_arithmetic_across_grids() -> None:
         (1.0, 1e-5, None, InvalidParameterError, "None"),
     ],
 )
-def test_epsdelta_to_rdp_capacity_refuses(
-    eps: Any, delta: Any, conversion: Any, exc: type, fragment: str
-) -> None:
+def test_epsdelta_to_rdp_capacity_refuses(eps: Any, delta: Any, conversion: Any, exc: type, fragment: str) -> None:
     raises(exc, fragment, lambda: epsdelta_to_rdp_capacity(eps, delta, GRID.array, conversion))
 
 
@@ -216,9 +214,7 @@ def test_to_renyi_and_to_eps_delta_refuse() -> None:
         ([2.0, 4.0], [0.1, 0.2], 1e-5, "renyi", InvalidParameterError, "'renyi'"),
     ],
 )
-def test_rdp_to_epsilon_refuses(
-    alphas: Any, rdp: Any, delta: Any, conversion: str, exc: type, fragment: str
-) -> None:
+def test_rdp_to_epsilon_refuses(alphas: Any, rdp: Any, delta: Any, conversion: str, exc: type, fragment: str) -> None:
     raises(exc, fragment, lambda: rdp_to_epsilon(alphas, rdp, delta, conversion))
 
 
@@ -380,9 +376,7 @@ def test_selector_select_refuses() -> None:
         lambda: BlockSelector(attributes={"src": "web"}, min_blocks=3).select(blocks),
     )
     raises(InvalidParameterError, "matched 0 blocks", lambda: BlockSelector(created_from=10).select(blocks))
-    raises(
-        InvalidParameterError, "min_blocks=2", lambda: BlockSelector(latest=1, min_blocks=2).select(blocks)
-    )
+    raises(InvalidParameterError, "min_blocks=2", lambda: BlockSelector(latest=1, min_blocks=2).select(blocks))
     assert [b.id for b in blocks] == ["d1", "d2", "d3"]  # the pool is not reordered in place
 
 
@@ -910,9 +904,7 @@ def test_scheduler_submit_refuses() -> None:
     states = s.states()
     raises(InvalidParameterError, "dict", lambda: s.submit({"b0": EpsDelta(0.1)}))  # type: ignore[arg-type]
     raises(InvalidParameterError, "str", lambda: s.submit("c1"))  # type: ignore[arg-type]
-    raises(
-        UnknownBlockError, "nope", lambda: s.submit(Claim("c1", {"b0": EpsDelta(0.1), "nope": EpsDelta(0.1)}))
-    )
+    raises(UnknownBlockError, "nope", lambda: s.submit(Claim("c1", {"b0": EpsDelta(0.1), "nope": EpsDelta(0.1)})))
     raises(DuplicateIdError, "c0", lambda: s.submit(Claim("c0", {"b0": EpsDelta(0.1)})))
     raises(
         CompositionMismatchError,
@@ -1005,9 +997,7 @@ def test_manual_clock_refuses_nan_start() -> None:
 
 
 def _write(path: Path, objs: list[Any]) -> Path:
-    path.write_text(
-        "".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8"
-    )
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8")
     return path
 
 
@@ -1116,9 +1106,7 @@ def test_cli_rr_on_a_renyi_trace(tmp_path: Path) -> None:
 
 
 def test_cli_nan_until(good_trace: Path) -> None:
-    _assert_cli_error(
-        _run(["simulate", "--trace", str(good_trace), "--policy", "fcfs", "--until", "nan"]), "nan"
-    )
+    _assert_cli_error(_run(["simulate", "--trace", str(good_trace), "--policy", "fcfs", "--until", "nan"]), "nan")
 
 
 def test_parse_params_direct() -> None:

@@ -61,9 +61,7 @@ def test_fig4_step_by_step(strict: bool) -> None:
 
 def test_fig4_from_the_cli(tmp_path) -> None:
     path = write_jsonl(tmp_path / "fig4.jsonl", FIG4)
-    res = CliRunner().invoke(
-        main, ["simulate", "--trace", str(path), "--policy", "dpf-n", "--param", "N=3", "--json"]
-    )
+    res = CliRunner().invoke(main, ["simulate", "--trace", str(path), "--policy", "dpf-n", "--param", "N=3", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["policy"] == "dpf-n"

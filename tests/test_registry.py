@@ -42,5 +42,5 @@ def test_third_party_entry_point_is_discovered(monkeypatch, caplog) -> None:
 
 
 def test_unknown_policy_lists_the_available_ones() -> None:
-    with pytest.raises(UnknownPolicyError, match="available: .*dpf-n"):
+    with pytest.raises(UnknownPolicyError, match=r"available: .*dpf-n"):
         registry.create_policy("no-such-policy")

@@ -25,7 +25,7 @@ def basic(policy: str = "dpf-n", **params):
 
 
 def test_timeout_rejects_a_waiting_claim() -> None:
-    sched, ledger, clock = basic("dpf-n", N=10)
+    sched, _ledger, clock = basic("dpf-n", N=10)
     sched.add_block(Block("b", EpsDelta(1.0)))
     sched.submit(Claim("c", {"b": EpsDelta(0.5)}, timeout=5.0))
     sched.step()
@@ -38,7 +38,7 @@ def test_timeout_rejects_a_waiting_claim() -> None:
 
 
 def test_never_satisfiable_claim_is_rejected_at_once() -> None:
-    sched, ledger, clock = basic("dpf-n", N=10)
+    sched, _ledger, _clock = basic("dpf-n", N=10)
     sched.add_block(Block("b", EpsDelta(1.0)))
     sched.submit(Claim("big", {"b": EpsDelta(1.5)}))
     assert sched.status("big").state is ClaimState.REJECTED
@@ -46,7 +46,7 @@ def test_never_satisfiable_claim_is_rejected_at_once() -> None:
 
 
 def test_partial_consume_then_release_returns_the_rest() -> None:
-    sched, ledger, clock = basic("fcfs")
+    sched, ledger, _clock = basic("fcfs")
     sched.add_block(Block("b", EpsDelta(1.0)))
     sched.submit(Claim("a", {"b": EpsDelta(0.8)}))
     sched.step()
@@ -79,9 +79,7 @@ def test_selector_by_attribute_time_and_latest() -> None:
     sched, ledger, clock = basic("fcfs")
     for i in range(5):
         clock.set(float(i))
-        sched.add_block(
-            Block(f"d{i}", EpsDelta(1.0), created=float(i), attributes={"src": "a" if i % 2 else "b"})
-        )
+        sched.add_block(Block(f"d{i}", EpsDelta(1.0), created=float(i), attributes={"src": "a" if i % 2 else "b"}))
     assert BlockSelector(attributes={"src": "a"}).select(ledger.blocks()) == ("d1", "d3")
     assert BlockSelector(created_from=1, created_until=3).select(ledger.blocks()) == ("d1", "d2")
     assert BlockSelector(latest=2).select(ledger.blocks()) == ("d3", "d4")
@@ -90,7 +88,7 @@ def test_selector_by_attribute_time_and_latest() -> None:
 
 
 def test_retired_block_rejects_its_waiting_claims() -> None:
-    sched, ledger, clock = basic("dpf-n", N=10)
+    sched, _ledger, _clock = basic("dpf-n", N=10)
     sched.add_block(Block("b", EpsDelta(1.0)))
     sched.submit(Claim("c", {"b": EpsDelta(0.5)}))
     sched.step()
@@ -129,7 +127,7 @@ def test_dpf_t_artifact_unlock_schedule() -> None:
 
 
 def test_dpf_n_unlocks_exactly_the_capacity_after_n_arrivals() -> None:
-    sched, ledger, clock = basic("dpf-n", N=3)
+    sched, ledger, _clock = basic("dpf-n", N=3)
     sched.add_block(Block("b", EpsDelta(1.0)))
     for i in range(5):
         sched.submit(Claim(f"c{i}", {"b": EpsDelta(1 / 3)}))

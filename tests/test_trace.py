@@ -481,9 +481,7 @@ def test_malformed_trace_names_its_line(lines: list[str], line: int) -> None:
             "mironov",
             id="conversion",
         ),
-        pytest.param(
-            _lines({"kind": "header", "composition": "renyi", "alphas": [0.5, 2]}), "0.5", id="alpha"
-        ),
+        pytest.param(_lines({"kind": "header", "composition": "renyi", "alphas": [0.5, 2]}), "0.5", id="alpha"),
     ],
 )
 def test_malformed_trace_message_names_the_bad_value(lines: list[str], fragment: str) -> None:
@@ -509,9 +507,7 @@ def test_negative_time_in_replay_names_the_line() -> None:
     ("lines", "line", "fragment"),
     [
         pytest.param(_lines(B0, _claim(blocks=["b0", "b9"])), 2, "b9", id="unknown-block"),
-        pytest.param(
-            _lines(B0, _claim(time=1, blocks=["b1"]), _block("b1", 2)), 2, "b1", id="not-yet-created"
-        ),
+        pytest.param(_lines(B0, _claim(time=1, blocks=["b1"]), _block("b1", 2)), 2, "b1", id="not-yet-created"),
         pytest.param(
             _lines(
                 HDR,
@@ -525,9 +521,7 @@ def test_negative_time_in_replay_names_the_line() -> None:
             id="same-instant-later-line",
         ),
         pytest.param(_lines(B0, _claim(select={"ids": ["b0", "zz"]})), 2, "zz", id="select-unknown-id"),
-        pytest.param(
-            _lines(B0, _claim(select={"attributes": {"src": "web"}})), 2, "0 blocks", id="select-no-match"
-        ),
+        pytest.param(_lines(B0, _claim(select={"attributes": {"src": "web"}})), 2, "0 blocks", id="select-no-match"),
         pytest.param(
             _lines(B0, _block("b1", 1), _claim(time=2, select={"latest": 2, "min_blocks": 3})),
             3,
@@ -614,14 +608,12 @@ def test_as_lines_helper_round_trips() -> None:
 
 def test_renyi_scalar_epsilon_with_delta_needs_epsilon_below_one() -> None:
     """(ε, δ) on a Rényi trace is the classically calibrated Gaussian, defined only for 0 < ε < 1."""
-    from dpf_sched.errors import TraceFormatError as _TFE
-
     lines = [
         '{"kind": "header", "composition": "renyi"}\n',
         '{"kind": "block", "id": "b", "time": 0, "epsilon": 10, "delta": 1e-6}\n',
         '{"kind": "claim", "id": "c", "time": 1, "blocks": ["b"], "epsilon": 1.5, "delta": 1e-9}\n',
     ]
-    with pytest.raises(_TFE) as err:
+    with pytest.raises(TraceFormatError) as err:
         list(read_trace(lines).events)
     assert err.value.line == 3 and "rdp" in str(err.value)
     ok = [*lines[:2], '{"kind": "claim", "id": "c", "time": 1, "blocks": ["b"], "epsilon": 0.5, "delta": 1e-9}\n']

@@ -35,9 +35,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     rate = 234.5 if args.composition == "renyi" else 12.8
-    wl = make_workload(
-        "micro-multi", seed=args.seed, composition=args.composition, duration=args.claims / rate
-    )
+    wl = make_workload("micro-multi", seed=args.seed, composition=args.composition, duration=args.claims / rate)
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     try:
         with os.fdopen(fd, "w") as fh:
