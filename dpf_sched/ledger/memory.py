@@ -62,10 +62,15 @@ def _check_row(rows: FloatArray, what: str) -> None:
         raise InvalidBudgetError(f"{what} holds a negative or non-finite value: {np.asarray(rows).tolist()}")
 
 
+#: Rounding slack, relative to the demand, at columns of zero capacity: a few dozen ulps, enough for the
+#: rounding of a handful of partial consumptions adding back up to the demand, and nothing more.
+_ZERO_CAP_SLACK = 32 * float(np.finfo(np.float64).eps)
+
+
 def _claim_tolerance(cap: FloatArray, demand: FloatArray) -> FloatArray:
     """Rounding slack of a claim's total consumption: ``REL_TOL × capacity`` per column, and at columns of zero
-    capacity (unusable Rényi orders, which still carry the demand) ``REL_TOL × demand``."""
-    return np.asarray(np.where(cap > 0, cap, demand) * REL_TOL, dtype=np.float64)
+    capacity (unusable Rényi orders, which still carry the demand) a few ulps of the demand."""
+    return np.asarray(np.where(cap > 0, cap * REL_TOL, demand * _ZERO_CAP_SLACK), dtype=np.float64)
 
 
 def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
