@@ -63,6 +63,11 @@ class Composition(ABC):
         A policy uses it to wait on the block that is furthest from fitting.
         """
 
+    def possible(self, demand: FloatArray, consumed: FloatArray, capacity: FloatArray) -> BoolArray:
+        """Per row: could ``demand`` ever fit? Consumption never decreases, so nothing beyond
+        ``capacity − consumed`` can ever become available (the "never" of a claim, as opposed to "wait")."""
+        return self.fits(demand, capacity - consumed, capacity)
+
     @abstractmethod
     def within(self, spent: FloatArray, capacity: FloatArray) -> BoolArray:
         """Per row: is ``spent`` (allocated + consumed) within the block's guarantee? (M, width) → (M,)."""

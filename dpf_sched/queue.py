@@ -1,8 +1,8 @@
 """The waiting queue: claims that wait for budget, in submission order, with a per-block index.
 
-The scheduler owns one :class:`ClaimQueue`; policies read it. :class:`BlockEntries` is the dense per-block
-buffer both the queue and the greedy pass's watch index use: growable arrays of (handle, demand row) where
-entries of claims that left are dropped lazily (a liveness mask) and compacted once more than half are stale.
+The scheduler owns one :class:`ClaimQueue`; policies read it. :class:`BlockEntries` is a dense per-block
+buffer for policy-side indexes (the greedy pass's watch index): growable arrays of (handle, demand row) whose
+dead entries are dropped lazily and compacted once more than half are stale.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
-BoolArray = NDArray[np.bool_]
 
 
 @dataclass(frozen=True, eq=False, slots=True)

@@ -163,7 +163,7 @@ class Scheduler:
             shares=share_key(comp.shares(demand, cap)),
         )
         self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
-        possible = comp.fits(demand, cap - self.ledger.consumed[idx], cap)
+        possible = comp.possible(demand, self.ledger.consumed[idx], cap)
         if not bool(possible.all()):
             bad = claim.blocks[int(np.argmin(possible))]
             self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dpf_sched.block import Block, check_id, frozen_mapping
-from dpf_sched.errors import InvalidParameterError
+from dpf_sched.errors import InvalidParameterError, UnknownBlockError
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,6 @@ class BlockSelector:
             by_id = {b.id: b for b in pool}
             missing = [i for i in self.ids if i not in by_id]
             if missing:
-                from dpf_sched.errors import UnknownBlockError
-
                 raise UnknownBlockError(f"selector names unknown blocks: {missing}")
             pool = [by_id[i] for i in self.ids]
         else:

@@ -26,7 +26,6 @@ from dpf_sched.sim.trace import (
     BlockEvent,
     ClaimEvent,
     TraceHeader,
-    as_lines,
     read_trace,
     write_trace,
 )
@@ -596,14 +595,6 @@ def test_replay_refuses_params_with_a_policy_instance() -> None:
 def test_replay_refuses_nan_end() -> None:
     with pytest.raises(DpfSchedError):
         replay(read_trace(_lines(B0, _claim())), "fcfs", end=math.nan)
-
-
-def test_as_lines_helper_round_trips() -> None:
-    objs = [B0, _claim()]
-    lines = as_lines(objs)
-    assert [json.loads(s) for s in lines] == objs
-    assert all(s.endswith("\n") for s in lines)
-    assert [type(e) for e in _events(lines)] == [BlockEvent, ClaimEvent]
 
 
 def test_renyi_scalar_epsilon_with_delta_needs_epsilon_below_one() -> None:

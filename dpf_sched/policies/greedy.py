@@ -2,13 +2,14 @@
 
 Best effort (the paper): claims are tried in :meth:`Policy.sort_key` order; a claim that fits is granted and
 the pass goes on past claims that do not. Only claims that could have become grantable are examined. Each
-waiting claim *watches* one block on which it does not fit (the first such block found); since budget only
-grows by unlocks and releases, the claim cannot fit again until that block gains unlocked budget. A pass
-therefore looks only at the claims watching a block that gained budget and whose demand there now fits (one
-vectorised comparison per such block), re-checks them on all their blocks, and moves the ones that still do
-not fit to the block that now stops them. Grants only shrink the unlocked budget, so a claim that does not fit
-at the start of a pass cannot fit later in it: the fitting candidates are sorted once and granted against a
-scratch copy of the unlocked budget; those overtaken by earlier grants watch the block that stops them.
+waiting claim *watches* one block on which it does not fit (preferably one it cannot fit even once fully
+unlocked, else the one it is furthest from fitting); since budget only grows by unlocks and releases, the
+claim cannot fit again until that block gains unlocked budget. A pass therefore looks only at the claims
+watching a block that gained budget whose demand there now fits (one vectorised comparison over all such
+blocks first, against a per-block floor of the watchers' demands), re-checks them on all their blocks, and
+moves the ones that still do not fit. Grants only shrink the unlocked budget, so candidates are grouped by
+the block that woke them, sorted once, and granted against a scratch copy of the unlocked budget; a group
+stops as soon as its block cannot fit the smallest remaining demand.
 
 Strict (the artifact simulator's variant): the pass walks *all* waiting claims in order and stops at the first
 that does not fit; a heap keyed by the sort key keeps that walk proportional to the grants.
@@ -239,7 +240,7 @@ class GreedyPolicy(Policy):
                 self._grant(q, avail, decisions, decided)
             elif handle in new:
                 continue  # settled after the loop
-            elif not self._still_possible(q, ledger.consumed, cap, comp):
+            elif not comp.possible(q.demand, ledger.consumed[q.idx], cap[q.idx]).all():
                 # Consumption never decreases: a claim that exceeds capacity − consumed on a block can never
                 # be granted ("never", not "wait"); telling it now frees the queue of dead weight.
                 watches.unwatch(handle)
@@ -277,19 +278,6 @@ class GreedyPolicy(Policy):
         assert self._watches is not None
         self._watches.watch(q, block_to_watch(q, pos, U, ledger.locked, cap, comp) if q.idx.shape[0] > 1 else pos)
         return []
-
-    @staticmethod
-    def _fits_on(q: QueuedClaim, block: int, avail: FloatArray, cap: FloatArray, comp: Composition) -> bool:
-        """Whether ``q``'s demand on one of its blocks fits that block's available budget."""
-        k = int(np.flatnonzero(q.idx == block)[0])
-        row = slice(block, block + 1)
-        return bool(comp.fits(q.demand[k : k + 1], avail[row], cap[row])[0])
-
-    @staticmethod
-    def _still_possible(q: QueuedClaim, consumed: FloatArray, cap: FloatArray, comp: Composition) -> bool:
-        """Whether ``q`` could ever fit: its demand within capacity − consumed on every block."""
-        c = cap[q.idx]
-        return bool(comp.fits(q.demand, c - consumed[q.idx], c).all())
 
     def _group_order(
         self, handles: IntArray, dem: FloatArray, cap_row: FloatArray, comp: Composition, all_single: bool

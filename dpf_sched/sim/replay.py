@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, TraceFormatError
@@ -239,11 +237,3 @@ def replay(
         raise InvalidParameterError(f"end time must be finite and ≥ 0, got {end}")
     stop = end if end is not None else trace.header.end
     return _Replay(trace, policy, stop, observer).run()
-
-
-def overspent_blocks(result: ReplayResult) -> list[str]:
-    """Blocks whose allocated + consumed exceed their capacity (always empty unless the ledger is broken)."""
-    led = result.ledger
-    spent = np.asarray(led.allocated) + np.asarray(led.consumed)
-    ok = led.composition.within(spent, led.capacity)
-    return [b.id for b, fine in zip(led.blocks(), ok.tolist(), strict=True) if not fine]

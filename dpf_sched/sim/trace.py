@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -510,8 +510,3 @@ def write_trace(out: IO[str], header: TraceHeader, events: Iterable[Block | tupl
         out.write(dumps(obj) + "\n")
         n += 1
     return n
-
-
-def as_lines(objs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """JSON Lines text of objects (handy in tests)."""
-    return [json.dumps(o) + "\n" for o in objs]
