@@ -126,7 +126,10 @@ class Scheduler:
         frac = self.policy.unlocker.on_block(idx, block.created, self.ledger)
         if frac > 0:
             self._apply_unlock(Unlock(np.array([idx], dtype=np.int64), np.array([frac])))
-        self._refresh_next_unlock(now)
+        # Keep a timed unlock that is already due (a block created exactly at a tick must not skip that tick).
+        nxt = self.policy.unlocker.next_time(now, self.ledger)
+        if self._next_unlock is None or (nxt is not None and nxt < self._next_unlock):
+            self._next_unlock = nxt
 
     def retire_block(self, block_id: str) -> None:
         """Retire a block; claims waiting on it are rejected at the next step."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 from pathlib import Path
 
@@ -37,8 +39,10 @@ def test_custom_policy_example_plugs_in(tmp_path) -> None:
     register(cls)  # type: ignore[arg-type]
     try:
         path = write_jsonl(tmp_path / "t.jsonl", random_trace(4, "basic", n_claims=40))
-        result = replay(path, "oldest-first-n", {"N": "5"})
-        assert result.ledger.violations() == []
+        ledgers: list[Any] = []
+        result = replay(path, "oldest-first-n", {"N": "5"}, observer=lambda s, _o: ledgers.append(s.ledger))
+        assert result.engine == "scheduler"  # a plug-in without a batch plan runs online
+        assert ledgers and ledgers[-1].violations() == []
         assert result.counts["granted"] > 0
     finally:
         _extra.pop("oldest-first-n", None)

@@ -7,6 +7,8 @@ Parametrised over :func:`dpf_sched.policies.available`, so a third-party policy 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,10 +50,11 @@ class InvariantObserver:
 
     def __init__(self) -> None:
         self.passes = 0
+        self.ledger: Any = None
 
     def __call__(self, scheduler: Scheduler, outcomes: list[Outcome]) -> None:
         self.passes += 1
-        ledger = scheduler.ledger
+        ledger = self.ledger = scheduler.ledger
         assert ledger.violations() == []
         for out in outcomes:
             rec = ledger.claim(out.claim_id)
@@ -79,7 +82,7 @@ def test_invariants_after_every_event(tmp_path, name, params, composition, seed)
     result = replay(path, name, dict(params), observer=obs)
     assert obs.passes > 0
     assert sum(result.counts.values()) == 50
-    assert result.ledger.violations() == []
+    assert obs.ledger.violations() == []
 
 
 @pytest.mark.parametrize(("name", "params"), cases())

@@ -7,6 +7,9 @@ A policy answers three questions, each through one small object or method:
 * **what does one scheduling pass decide?** — :meth:`Policy.schedule`, which returns :class:`Decision` values
   (grant or reject); a claim without a decision keeps waiting.
 
+Optionally, a policy can describe itself to the batch simulator (:mod:`dpf_sched.sim.engine`) with a
+:class:`GreedyPlan` and its unlocker's :class:`UnlockSchedule`; trace replay then skips the per-pass calls.
+
 Policies never write the ledger: they read a :class:`LedgerView` and the scheduler's :class:`ClaimQueue`, and
 the scheduler applies their decisions through the ledger, which checks every invariant again. Policies may keep
 scheduling state of their own (arrival counters, round-robin accumulators), never budget state.
@@ -14,6 +17,7 @@ scheduling state of their own (arrival counters, round-robin accumulators), neve
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,12 +120,75 @@ class Unlocker:
         """Time-driven unlocks due at ``now``."""
         return None
 
+    def schedule(self, created: FloatArray, row_blocks: IntArray, row_times: FloatArray) -> UnlockSchedule | None:
+        """This rule as a function of time, for the batch simulator (``None``: the simulator cannot use it).
+
+        ``created`` holds every block's creation time; ``row_blocks`` and ``row_times`` list every (claim, block)
+        pair of the whole run as the block index and the claim's arrival time, so a rule driven by arrivals
+        knows them all in advance.
+        """
+        return None
+
+
+class UnlockSchedule(ABC):
+    """The cumulative unlocked fraction of every block over a whole run, known in advance (batch simulation).
+
+    An online :class:`Unlocker` reacts to arrivals and ticks one at a time; a trace replay knows every arrival
+    beforehand, so the same rule becomes a step function of time per block. The batch simulator only asks two
+    questions of it, both vectorised over (block, time) pairs.
+    """
+
+    @abstractmethod
+    def fraction(self, blocks: IntArray, times: FloatArray) -> FloatArray:
+        """Per pair: the block's unlocked fraction once every unlock at or before ``time`` has happened."""
+
+    @abstractmethod
+    def first_time(self, blocks: IntArray, need: FloatArray, after: FloatArray) -> FloatArray:
+        """Per pair: a time ``> after`` no later than the first unlock that brings the block to ``need``.
+
+        Returning an earlier unlock instant is allowed (the simulator re-checks); returning a later one is not.
+        ``inf`` when no unlock after ``after`` reaches ``need``.
+        """
+
+    def last_step(self) -> float:
+        """Time of the last unlock that changes anything (``-inf`` when unlocks coincide with arrivals)."""
+        return -math.inf
+
 
 class UnlockAll(Unlocker):
     """Everything is unlocked when the block is created (FCFS, DRF)."""
 
     def on_block(self, block: int, created: float, ledger: LedgerView) -> float:
         return 1.0
+
+    def schedule(self, created: FloatArray, row_blocks: IntArray, row_times: FloatArray) -> UnlockSchedule:
+        return UnlockedAtCreation(created)
+
+
+class UnlockedAtCreation(UnlockSchedule):
+    """Schedule of :class:`UnlockAll`: 0 before creation, 1 from then on; nothing unlocks later."""
+
+    def __init__(self, created: FloatArray) -> None:
+        self.created = np.asarray(created, dtype=np.float64)
+
+    def fraction(self, blocks: IntArray, times: FloatArray) -> FloatArray:
+        return np.where(self.created[blocks] <= times, 1.0, 0.0)
+
+    def first_time(self, blocks: IntArray, need: FloatArray, after: FloatArray) -> FloatArray:
+        return np.full(np.shape(blocks), np.inf)
+
+
+@dataclass(frozen=True)
+class GreedyPlan:
+    """What the batch simulator needs to run a greedy policy (grant in order while claims fit) on its own.
+
+    ``order`` is the order of consideration within a pass: ``"shares"`` (dominant share, ties by the next
+    largest shares, then arrival), ``"dominant"`` (dominant share, then arrival) or ``"arrival"``.
+    ``reject_misfits_on_arrival``: an arriving claim that does not fit is rejected at once (FCFS).
+    """
+
+    order: str
+    reject_misfits_on_arrival: bool = False
 
 
 # ----- parameters -------------------------------------------------------------------------------------------
@@ -243,6 +310,15 @@ class Policy(ABC):
     @abstractmethod
     def schedule(self, ctx: PassContext) -> list[Decision]:
         """Decide grants and rejections for one pass; claims without a decision keep waiting."""
+
+    def batch_plan(self) -> GreedyPlan | None:
+        """How the batch simulator can run this policy without calling :meth:`schedule` per pass.
+
+        ``None`` (the default) means it cannot: trace replay then drives the policy through the
+        :class:`~dpf_sched.scheduler.Scheduler`, pass by pass. A policy that returns a plan promises that the
+        plan and its unlocker's :meth:`Unlocker.schedule` grant exactly what :meth:`schedule` would.
+        """
+        return None
 
     def describe(self) -> str:
         """Name and parameters, for logs and reports."""

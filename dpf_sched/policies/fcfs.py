@@ -15,6 +15,7 @@ class FCFS(GreedyPolicy):
     name = "fcfs"
     params: ClassVar = {}
     reject_misfits_on_arrival = True
+    batch_order = "arrival"
 
     def sort_key(self, claim: QueuedClaim) -> Any:
         return claim.seq

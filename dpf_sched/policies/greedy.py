@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dpf_sched.composition import Composition
-from dpf_sched.policies.base import Decision, LedgerView, PassContext, Policy, Verdict
+from dpf_sched.policies.base import Decision, GreedyPlan, LedgerView, PassContext, Policy, Verdict
 from dpf_sched.queue import BlockEntries, IntArray, QueuedClaim
 
 FloatArray = NDArray[np.float64]
@@ -148,6 +148,21 @@ class GreedyPolicy(Policy):
         self._watches: WatchIndex | None = None
         self._keys: dict[int, Any] = {}
 
+    #: Order of consideration for the batch simulator when :meth:`sort_key` is overridden (``None``: unknown).
+    batch_order: ClassVar[str | None] = None
+
+    def batch_plan(self) -> GreedyPlan | None:
+        """The best-effort pass as a :class:`GreedyPlan` (strict passes and custom sort keys have none)."""
+        if self.strict:
+            return None
+        if type(self).sort_key is Policy.sort_key:
+            order = "dominant" if self.config.get("tie_break", "lexicographic") == "arrival" else "shares"
+        elif self.batch_order is not None:
+            order = self.batch_order
+        else:
+            return None
+        return GreedyPlan(order, self.reject_misfits_on_arrival)
+
     @property
     def strict(self) -> bool:
         """Whether a pass stops at the first claim that does not fit."""
@@ -240,13 +255,9 @@ class GreedyPolicy(Policy):
                 self._grant(q, avail, decisions, decided)
             elif handle in new:
                 continue  # settled after the loop
-            elif not comp.possible(q.demand, ledger.consumed[q.idx], cap[q.idx]).all():
-                # Consumption never decreases: a claim that exceeds capacity − consumed on a block can never
-                # be granted ("never", not "wait"); telling it now frees the queue of dead weight.
-                watches.unwatch(handle)
-                decisions.append(Decision(handle, Verdict.REJECT, "demand exceeds what a block can still provide"))
-                decided.add(handle)
             else:
+                # A claim that has become impossible (beyond capacity − consumed) watches the block it can never
+                # fit, where only a release could wake it; it waits until its timeout, as in every engine.
                 pos = block_to_watch(q, pos, avail, ledger.locked, cap, comp)
                 if watches.block_of(handle) != int(q.idx[pos]):
                     watches.watch(q, pos)

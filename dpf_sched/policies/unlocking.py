@@ -9,7 +9,18 @@ from typing import Any
 import numpy as np
 
 from dpf_sched.errors import InvalidParameterError
-from dpf_sched.policies.base import LedgerView, Param, Unlock, Unlocker, choice, positive_float, positive_int
+from dpf_sched.policies.base import (
+    FloatArray,
+    IntArray,
+    LedgerView,
+    Param,
+    Unlock,
+    Unlocker,
+    UnlockSchedule,
+    choice,
+    positive_float,
+    positive_int,
+)
 from dpf_sched.queue import QueuedClaim
 
 UNLOCK_MODES = ("paper", "artifact")
@@ -35,6 +46,47 @@ class UnlockPerArrival(Unlocker):
             c = counts[b] = counts.get(b, 0) + 1
             fractions.append(min(c / self.n, 1.0))
         return Unlock(claim.idx, np.array(fractions))
+
+    def schedule(self, created: FloatArray, row_blocks: IntArray, row_times: FloatArray) -> UnlockSchedule:
+        return PerArrivalSchedule(self.n, int(created.shape[0]), row_blocks, row_times)
+
+
+class PerArrivalSchedule(UnlockSchedule):
+    """DPF-N over a known run: a block's fraction is ``min(1, c / N)`` after its c-th arrival.
+
+    The arrival times of every block are kept in one array sorted by (block, time); a complex key
+    ``block + i·time`` lets one ``searchsorted`` count the arrivals of many blocks at once (numpy orders complex
+    numbers by real part, then imaginary part, so this is an exact lexicographic search).
+    """
+
+    def __init__(self, n: int, n_blocks: int, row_blocks: IntArray, row_times: FloatArray) -> None:
+        self.n = n
+        order = np.lexsort((row_times, row_blocks))
+        b = np.asarray(row_blocks, dtype=np.int64)[order]
+        self.times = np.asarray(row_times, dtype=np.float64)[order]
+        self.keys = b.astype(np.float64) + 1j * self.times
+        counts = np.bincount(b, minlength=n_blocks)
+        self.count = counts
+        self.offset = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+    def _arrivals(self, blocks: IntArray, times: FloatArray) -> IntArray:
+        key = np.asarray(blocks, dtype=np.float64) + 1j * np.asarray(times, dtype=np.float64)
+        return np.searchsorted(self.keys, key, side="right") - self.offset[blocks]
+
+    def fraction(self, blocks: IntArray, times: FloatArray) -> FloatArray:
+        # The same expression as UnlockPerArrival.on_arrival, so both give bit-identical fractions.
+        return np.minimum(self._arrivals(blocks, times) / self.n, 1.0)
+
+    def first_time(self, blocks: IntArray, need: FloatArray, after: FloatArray) -> FloatArray:
+        seen = self._arrivals(blocks, after)
+        # Smallest c with c/N ≥ need, rounded down (an early answer is allowed, a late one is not).
+        with np.errstate(invalid="ignore", over="ignore"):
+            c = np.floor(np.minimum(need, 2.0) * self.n)
+        c = np.maximum(c, seen + 1)
+        never = (need > 1.0 + 1e-9) | (c > self.count[blocks])
+        pos = self.offset[blocks] + np.where(never, 1, c).astype(np.int64) - 1
+        out = self.times[np.minimum(pos, self.times.shape[0] - 1)] if self.times.size else np.zeros(pos.shape)
+        return np.where(never, np.inf, out)
 
 
 class UnlockOverTime(Unlocker):
@@ -86,6 +138,64 @@ class UnlockOverTime(Unlocker):
             k = np.floor(age / self.tick + 1e-9)
             target = np.minimum((k + 1.0) / self.K, 1.0)
         return Unlock(active.astype(np.int64), target)
+
+    def schedule(self, created: FloatArray, row_blocks: IntArray, row_times: FloatArray) -> UnlockSchedule:
+        return TimedSchedule(self, np.asarray(created, dtype=np.float64))
+
+
+class TimedSchedule(UnlockSchedule):
+    """DPF-T over a known run: the fraction of :class:`UnlockOverTime` at the last grid tick ``k·tick ≤ t``.
+
+    The scheduler ticks on the global grid ``k·tick`` while some block is not fully unlocked, so a block's
+    fraction at time t is the rule's value at the last tick at or before t (and its creation value before its
+    first tick). Tick times are the same float products ``k * tick`` as the online rule's.
+    """
+
+    def __init__(self, rule: UnlockOverTime, created: FloatArray) -> None:
+        self.T, self.tick, self.mode, self.K = rule.T, rule.tick, rule.mode, rule.K
+        self.created = created
+
+    def _last_tick(self, times: FloatArray) -> FloatArray:
+        k = np.floor(np.asarray(times, dtype=np.float64) / self.tick)
+        k = np.where((k + 1.0) * self.tick <= times, k + 1.0, k)
+        return np.where(k * self.tick > times, k - 1.0, k)
+
+    def _value(self, tick_time: FloatArray, created: FloatArray) -> FloatArray:
+        age = tick_time - created
+        if self.mode == "paper":
+            return np.clip(age / self.T, 0.0, 1.0)
+        k = np.floor(age / self.tick + 1e-9)
+        return np.where(age >= 0, np.minimum((k + 1.0) / self.K, 1.0), 1.0 / self.K)
+
+    def fraction(self, blocks: IntArray, times: FloatArray) -> FloatArray:
+        c = self.created[blocks]
+        t = np.broadcast_to(np.asarray(times, dtype=np.float64), c.shape)
+        value = self._value(self._last_tick(t) * self.tick, c)
+        return np.where(t >= c, value, 0.0)
+
+    def first_time(self, blocks: IntArray, need: FloatArray, after: FloatArray) -> FloatArray:
+        c = self.created[blocks]
+        need = np.asarray(need, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.mode == "paper":
+                age = np.clip(need, 0.0, 1.0) * self.T
+            else:
+                kk = np.ceil(np.clip(need, 0.0, 1.0) * self.K - 1.0 - 1e-9)
+                age = np.maximum(kk, 0.0) * self.tick
+            k = np.ceil((c + age) / self.tick - 1e-7)
+        k = np.maximum(k, self._last_tick(np.asarray(after, dtype=np.float64)) + 1.0)
+        return np.where(need > 1.0 + 1e-9, np.inf, k * self.tick)
+
+    def last_step(self) -> float:
+        if self.created.size == 0:
+            return -math.inf
+        full_age = self.T if self.mode == "paper" else (self.K - 1) * self.tick
+        k = np.ceil((self.created + full_age) / self.tick - 1e-7)
+        k = np.maximum(k, self._last_tick(self.created) + 1.0)
+        # The tick at which the last block reaches 1 (checked against the rule, one tick later if rounding says so).
+        t = k * self.tick
+        t = np.where(self._value(t, self.created) >= 1.0, t, t + self.tick)
+        return float(t.max())
 
 
 #: Parameters of the per-arrival unlocking (DPF-N, RR-N).

@@ -1,0 +1,467 @@
+"""The batch simulator: a whole run of a greedy policy (DPF-N, DPF-T, DRF, FCFS) over columnar arrays.
+
+The :class:`~dpf_sched.scheduler.Scheduler` is online: it reacts to one event at a time, as a service must.
+A trace replay knows the future arrivals, so the same semantics (spec/dpf.md) can be computed with far less
+work, by jumping from one instant where something *can* change to the next:
+
+* **Unlocking is a known step function of time** (:class:`~dpf_sched.policies.base.UnlockSchedule`): a block's
+  unlocked budget at time t is ``f_b(t)·G_b − S_b`` where ``S_b`` is what granted claims took. Unlock steps are
+  never simulated one by one.
+* **Each waiting claim watches one block on which it does not fit**; each block keeps the element-wise minimum
+  (the *floor*) of its watchers' demands there. With ``S_b`` fixed, the first unlock step at which the floor
+  could fit is computed in closed form (:meth:`UnlockSchedule.first_time`): that is the block's *wake time*,
+  kept in a heap. Until then no watcher of the block can fit, so nothing about them is looked at. A grant
+  raises ``S_b`` and only postpones wake times, so those of the blocks it touched are recomputed.
+* **Arrivals are checked in vectorised batches**: while no grant happens the budget ``S`` is fixed, so for a
+  batch of upcoming arrivals one numpy expression tells which fit at arrival, which can never fit, and when
+  each of the others could first fit. Arrivals before the first one that fits (and before any wake) join the
+  watch lists in bulk; the batch stops at the first instant where a pass can grant something.
+* At such an instant the pass of spec/dpf.md runs over the candidates only (the arrivals of the instant and the
+  watchers of the blocks that woke), in the policy's order: claims that fit are granted and consumed at once
+  (the microbenchmarks' model), the others watch a block again.
+
+Every claim that could fit at an instant is among the candidates of that instant, and candidates are tried in
+the same order against the same budget, so the grants (who and when) are exactly those of the online
+scheduler; ``tests/test_engine_equivalence.py`` checks that on random traces for every supported policy, with
+every claim's final status. Claims that can never be granted are told "never" at arrival, as online; a claim
+that becomes impossible later waits until its timeout in both engines.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dpf_sched.composition import REL_TOL, Composition
+from dpf_sched.errors import InvalidParameterError, InvalidStateError
+from dpf_sched.policies.base import GreedyPlan, Policy, Unlocker, UnlockSchedule
+from dpf_sched.sim.table import SimInput
+
+logger = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+#: Claim status codes of :class:`EngineResult`.
+WAITING, GRANTED, REJECTED = 0, 1, 2
+#: Rejection reasons of :class:`EngineResult` (index into :data:`REASONS`).
+REASONS = (
+    "",
+    "timeout",
+    "demand exceeds what a block can ever provide",
+    "does not fit at arrival",
+)
+_TIMEOUT, _NEVER_AT_ARRIVAL, _MISFIT = 1, 2, 3
+
+#: Conservative margin on the fraction a claim needs (an early wake is re-checked; a late one would be a bug).
+_NEED_MARGIN = 1e-12
+
+
+@dataclass
+class EngineResult:
+    """Per-claim outcome arrays and the final per-block budget of one batch run."""
+
+    status: NDArray[np.int8]
+    reason: NDArray[np.int8]
+    granted_at: FloatArray
+    decided_at: FloatArray
+    end_time: float
+    fraction: FloatArray
+    consumed: FloatArray
+
+
+def batch_plan(policy: Policy, inp: SimInput) -> tuple[GreedyPlan, UnlockSchedule] | None:
+    """The plan and unlock schedule to run ``policy`` in batch, or ``None`` when it needs the online path."""
+    plan = policy.batch_plan()
+    if plan is None:
+        return None
+    claims = inp.claims
+    row_times = np.repeat(claims.arrival, claims.n_blocks)
+    sched = policy.unlocker.schedule(inp.blocks.created, claims.block, row_times)
+    if sched is None:
+        return None
+    return plan, sched
+
+
+def claim_rank(order: str, comp: Composition, inp: SimInput) -> IntArray:
+    """Every claim's position in the policy's order of consideration (smaller first), as one integer.
+
+    ``shares`` sorts each claim's per-block shares in descending order (the lexicographic tie-break; missing
+    shares count as 0, like the dropped trailing zeros of the online key), then by arrival; ``dominant`` uses
+    the largest share then arrival; ``arrival`` is submission order.
+    """
+    claims = inp.claims
+    n = len(claims)
+    seq = np.arange(n, dtype=np.int64)
+    if order == "arrival":
+        return seq
+    if order not in ("shares", "dominant"):
+        raise InvalidParameterError(f"unknown batch order {order!r}")
+    cap = inp.blocks.capacity[claims.block]
+    share = comp.shares(claims.demand, cap)
+    counts = claims.n_blocks
+    if n == 0:
+        return seq
+    if order == "dominant":
+        dom = np.maximum.reduceat(share, claims.ptr[:-1])
+        keys: list[NDArray[np.float64] | IntArray] = [seq, dom]
+    else:
+        width = int(counts.max())
+        mat = np.zeros((n, width))
+        owner = np.repeat(seq, counts)
+        col = np.arange(share.shape[0]) - np.repeat(claims.ptr[:-1], counts)
+        mat[owner, col] = share
+        mat = -np.sort(-mat, axis=1)
+        keys = [seq, *[mat[:, j] for j in range(width - 1, -1, -1)]]
+    order_idx = np.lexsort(keys)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order_idx] = seq
+    return rank
+
+
+class _Run:
+    """The state of one batch run (arrays indexed by claim, row or block)."""
+
+    def __init__(self, inp: SimInput, plan: GreedyPlan, sched: UnlockSchedule, end: float) -> None:
+        self.comp = inp.composition
+        self.renyi = self.comp.name == "renyi"
+        self.plan = plan
+        self.sched = sched
+        self.end = end
+        c = inp.claims
+        self.n = len(c)
+        self.t = c.arrival
+        self.dl = c.deadline
+        self.ptr = c.ptr
+        self.rb = c.block
+        self.D = c.demand
+        self.G = inp.blocks.capacity
+        self.created = inp.blocks.created
+        nb = self.G.shape[0]
+        self.tol = self.G * REL_TOL
+        self.usable = self.G > 0
+        safe = np.where(self.usable, self.G, 1.0)
+        self.invG = np.where(self.usable, 1.0 / safe, 0.0)
+        self.rank = claim_rank(plan.order, self.comp, inp)
+        self.row_claim = np.repeat(np.arange(self.n, dtype=np.int64), c.n_blocks)
+        self.frac_arr = sched.fraction(self.rb, self.t[self.row_claim]) if self.n else np.zeros(0)
+        self.S = np.zeros_like(self.G)
+        self.status = np.zeros(self.n, dtype=np.int8)
+        self.reason = np.zeros(self.n, dtype=np.int8)
+        self.granted_at = np.full(self.n, np.nan)
+        self.decided_at = np.full(self.n, np.nan)
+        # Watch lists: per block the claims watching it (lazily cleaned), per claim the watched row.
+        self.watchers: list[list[int]] = [[] for _ in range(nb)]
+        self.watch_row = np.full(self.n, -1, dtype=np.int64)
+        self.floor = np.full_like(self.G, np.inf)
+        self.wake = np.full(nb, np.inf)
+        self.heap: list[tuple[float, int]] = []
+        self.dirty: set[int] = set()
+        self.now = -math.inf
+        self.last_pass = -math.inf
+
+    # ----- budget arithmetic (the same comparisons as Composition.fits, on f·G − S) ----------------------------
+    def _fit_rows(self, rows: IntArray, frac: FloatArray) -> NDArray[np.bool_]:
+        b = self.rb[rows]
+        avail = frac[:, None] * self.G[b] - self.S[b]
+        ok = self.D[rows] <= avail + self.tol[b]
+        if self.renyi:
+            return np.logical_or.reduce(ok & self.usable[b], axis=1)  # type: ignore[no-any-return]
+        return np.logical_and.reduce(ok, axis=1)  # type: ignore[no-any-return]
+
+    def _possible_rows(self, rows: IntArray) -> NDArray[np.bool_]:
+        b = self.rb[rows]
+        return self.comp.possible(self.D[rows], self.S[b], self.G[b])
+
+    def _need(self, dem: FloatArray, b: IntArray) -> FloatArray:
+        """Per row: the unlocked fraction of block ``b`` from which ``dem`` could fit, given today's ``S``.
+
+        ``d ≤ f·G − S + tol·G`` ⇔ ``f ≥ (d + S)/G − tol`` at a column with ``G > 0``. Basic needs every column
+        (a zero-capacity column fits only if ``d + S ≤ 0``); Rényi needs one usable order.
+        """
+        s = self.S[b]
+        ratio = (dem + s) * self.invG[b] - REL_TOL
+        usable = self.usable[b]
+        if self.renyi:
+            need = np.where(usable, ratio, np.inf).min(axis=1)
+        else:
+            zero_ok = dem + s <= 0
+            need = np.where(usable, ratio, np.where(zero_ok, -np.inf, np.inf)).max(axis=1)
+        return need - _NEED_MARGIN  # type: ignore[no-any-return]
+
+    # ----- watch lists and block wake-ups ----------------------------------------------------------------------
+    def _rewake(self, blocks: IntArray, now: float) -> None:
+        """Recompute the wake time of ``blocks`` (their floor or ``S`` changed) and push the new ones."""
+        blocks = blocks[np.isfinite(self.floor[blocks]).any(axis=1)]
+        if blocks.size == 0:
+            return
+        need = self._need(self.floor[blocks], blocks)
+        times = self.sched.first_time(blocks, need, np.full(blocks.shape, now))
+        wake = self.wake
+        heap = self.heap
+        for b, w in zip(blocks.tolist(), times.tolist(), strict=True):
+            if w != wake[b]:
+                wake[b] = w
+                if w <= self.end:
+                    heapq.heappush(heap, (w, b))
+
+    def _watch_many(self, claims: IntArray, rows: IntArray) -> None:
+        """``claims[i]`` waits on the block of row ``rows[i]``."""
+        self.watch_row[claims] = rows
+        blocks = self.rb[rows]
+        np.minimum.at(self.floor, blocks, self.D[rows])
+        watchers = self.watchers
+        bl = blocks.tolist()
+        for k, b in zip(claims.tolist(), bl, strict=True):
+            watchers[b].append(k)
+        self.dirty.update(bl)
+
+    def _examine(self, b: int, now: float) -> list[int]:
+        """Block ``b`` woke: return its watchers that fit there now; keep the others, tighten its floor."""
+        ks = np.asarray(self.watchers[b], dtype=np.int64)
+        rows = self.watch_row[ks]
+        live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
+        ks, rows = ks[live], rows[live]
+        expired = self.dl[ks] <= now
+        if expired.any():  # timed out while waiting here (the deadline passed before this instant)
+            self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
+            ks, rows = ks[~expired], rows[~expired]
+        fit = self._fit_rows(rows, self.sched.fraction(self.rb[rows], np.full(rows.shape, now)))
+        stay = ks[~fit]
+        self.watchers[b] = stay.tolist()
+        self.floor[b] = self.D[rows[~fit]].min(axis=0) if stay.size else np.inf
+        self.watch_row[ks[fit]] = -1
+        return ks[fit].tolist()  # type: ignore[no-any-return]
+
+    def _reject(self, claims: IntArray, when: FloatArray, reason: int) -> None:
+        self.status[claims] = REJECTED
+        self.reason[claims] = reason
+        self.decided_at[claims] = when
+
+    # ----- one claim that did not fit: where and until when it waits -------------------------------------------
+    def _settle(self, k: int, now: float, frac: FloatArray) -> None:
+        """Claim ``k`` does not fit at ``now``: watch the block it is furthest from fitting, or time out."""
+        lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
+        rows = np.arange(lo, hi, dtype=np.int64)
+        fit = self._fit_rows(rows, frac)
+        mis = rows[~fit]
+        b = self.rb[mis]
+        times = self.sched.first_time(b, self._need(self.D[mis], b), np.full(b.shape, now))
+        j = int(times.argmax())
+        w = float(times[j])
+        if w >= self.dl[k] or math.isinf(w):
+            # It cannot fit before its deadline: it times out then (or waits to the end without one).
+            self._give_up(np.array([k], dtype=np.int64), np.array([w]))
+            return
+        self._watch_many(np.array([k], dtype=np.int64), mis[j : j + 1])
+
+    def _give_up(self, claims: IntArray, wake: FloatArray) -> None:
+        """Claims that cannot fit before their deadline: rejected at the deadline if it falls in the run."""
+        dl = self.dl[claims]
+        due = (dl <= self.end) & np.isfinite(dl)
+        self._reject(claims[due], dl[due], _TIMEOUT)
+        # The others stay WAITING with no watch: nothing in the run can grant them (see final_status).
+
+    # ----- passes ----------------------------------------------------------------------------------------------
+    def _grant(self, k: int, now: float) -> None:
+        lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
+        b = self.rb[lo:hi]
+        self.S[b] += self.D[lo:hi]
+        self.status[k] = GRANTED
+        self.granted_at[k] = now
+        self.decided_at[k] = now
+
+    def _pass(self, now: float, arrivals: list[int], woken: list[int]) -> set[int]:
+        """The pass of spec/dpf.md over the candidates of one instant; returns the blocks whose ``S`` grew."""
+        self.last_pass = now
+        cands = arrivals + woken
+        if len(cands) > 1:
+            rank = self.rank
+            cands.sort(key=lambda k: int(rank[k]))
+        new = set(arrivals)
+        touched: set[int] = set()
+        ptr, rb = self.ptr, self.rb
+        for k in cands:
+            lo, hi = int(ptr[k]), int(ptr[k + 1])
+            rows = np.arange(lo, hi, dtype=np.int64)
+            frac = self.frac_arr[lo:hi] if k in new else self.sched.fraction(rb[lo:hi], np.full(hi - lo, now))
+            if bool(self._fit_rows(rows, frac).all()):
+                self._grant(k, now)
+                touched.update(rb[lo:hi].tolist())
+            elif k in new and self.plan.reject_misfits_on_arrival:
+                self._reject(np.array([k]), np.array([now]), _MISFIT)
+            else:
+                self._settle(k, now, frac)
+        return touched
+
+    # ----- arrivals in batches ---------------------------------------------------------------------------------
+    def _batch(self, i: int, j: int) -> tuple[int, float]:
+        """Look at arrivals ``i..j-1`` (all before the next wake) with today's ``S``.
+
+        Commits, in bulk, every arrival before the first instant at which something can be granted (an
+        arrival that fits, or a wake of one of these arrivals), and returns (next arrival index, that instant
+        or ``inf``).
+        """
+        ptr = self.ptr
+        lo, hi = int(ptr[i]), int(ptr[j])
+        rows = np.arange(lo, hi, dtype=np.int64)
+        counts = np.diff(ptr[i : j + 1])
+        starts = ptr[i:j] - lo
+        fit_row = self._fit_rows(rows, self.frac_arr[lo:hi])
+        fits = np.logical_and.reduceat(fit_row, starts)
+        possible = np.logical_and.reduceat(self._possible_rows(rows), starts)
+        t = self.t[i:j]
+        event = np.inf
+        cand = np.flatnonzero(fits & possible)
+        if cand.size:
+            event = float(t[cand[0]])
+        # Rows that misfit: when could each first fit (with today's S)? A claim waits for its latest row.
+        b = self.rb[rows]
+        row_t = np.repeat(t, counts)
+        need = self._need(self.D[rows], b)
+        first = np.where(fit_row, -np.inf, np.inf)
+        mis = ~fit_row
+        if mis.any():
+            first[mis] = self.sched.first_time(b[mis], need[mis], row_t[mis])
+        wake = np.maximum.reduceat(first, starts)
+        waits = possible & ~fits
+        if not self.plan.reject_misfits_on_arrival and waits.any():
+            event = min(event, float(wake[waits].min()))
+        m = int(np.searchsorted(t, event, side="left"))  # arrivals strictly before the event instant
+        if m:
+            ks = np.arange(i, i + m, dtype=np.int64)
+            never = ~possible[:m]
+            if never.any():
+                self._reject(ks[never], t[:m][never], _NEVER_AT_ARRIVAL)
+            waiting = possible[:m] & ~fits[:m]
+            if self.plan.reject_misfits_on_arrival:
+                if waiting.any():
+                    self._reject(ks[waiting], t[:m][waiting], _MISFIT)
+            elif waiting.any():
+                kw = ks[waiting]
+                w = wake[:m][waiting]
+                dead = (w >= self.dl[kw]) | np.isinf(w)
+                if dead.any():
+                    self._give_up(kw[dead], w[dead])
+                kw = kw[~dead]
+                if kw.size:
+                    # The watched row: the latest-fitting row of each claim.
+                    sub = first[: int(starts[m]) if m < starts.shape[0] else first.shape[0]]
+                    best = self._argmax_rows(sub, starts[:m], counts[:m])
+                    rows_w = (lo + best)[waiting][~dead]
+                    self._watch_many(kw, rows_w)
+            self.now = float(t[m - 1])
+            self._flush(self.now)
+        return i + m, event
+
+    @staticmethod
+    def _argmax_rows(values: FloatArray, starts: IntArray, counts: IntArray) -> IntArray:
+        """Per segment, the offset (from the batch start) of its largest value (first on ties)."""
+        if bool((counts == 1).all()):
+            return starts
+        seg_max = np.maximum.reduceat(values, starts)
+        owner = np.repeat(np.arange(starts.shape[0]), counts)
+        hit = np.flatnonzero(values == seg_max[owner])
+        first_hit = np.full(starts.shape[0], -1, dtype=np.int64)
+        first_hit[owner[hit][::-1]] = hit[::-1]
+        return first_hit
+
+    # ----- the run ---------------------------------------------------------------------------------------------
+    def _flush(self, now: float) -> None:
+        """Give a fresh wake time to every block whose watchers, floor or ``S`` changed."""
+        if self.dirty:
+            blocks = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
+            self.dirty.clear()
+            self._rewake(blocks, now)
+
+    def run(self) -> None:
+        """Advance from instant to instant until nothing can change before the end."""
+        n, t, heap, wake = self.n, self.t, self.heap, self.wake
+        i = 0
+        size = 16
+        while True:
+            while heap and heap[0][0] != wake[heap[0][1]]:
+                heapq.heappop(heap)  # stale: the block's wake time was recomputed since
+            tb = heap[0][0] if heap else math.inf
+            ta = float(t[i]) if i < n else math.inf
+            now = min(ta, tb)
+            if now > self.end or math.isinf(now):
+                break
+            if ta < tb:
+                j = min(n, i + size, int(np.searchsorted(t, tb, side="left")))
+                i2, event = self._batch(i, j)
+                size = min(4096, 2 * size) if math.isinf(event) else max(4, 2 * (i2 - i))
+                if i2 > i:
+                    i = i2
+                    continue
+            # One instant: every arrival at `now` and every block whose wake time has come.
+            arrivals: list[int] = []
+            while i < n and t[i] == now:
+                if bool(self._possible_rows(np.arange(self.ptr[i], self.ptr[i + 1])).all()):
+                    arrivals.append(i)
+                else:
+                    self._reject(np.array([i]), np.array([now]), _NEVER_AT_ARRIVAL)
+                i += 1
+            woken: list[int] = []
+            while heap and heap[0][0] <= now:
+                w, b = heapq.heappop(heap)
+                if w != wake[b]:
+                    continue
+                wake[b] = math.inf
+                self.dirty.add(b)
+                woken.extend(self._examine(b, now))
+            self.dirty.update(self._pass(now, arrivals, woken))
+            self.now = now
+            self._flush(now)
+
+    def finish(self, end_given: bool) -> EngineResult:
+        """Settle the claims still waiting, check the guarantee, and return the outcome.
+
+        Without an end time the run ends at its last change: the last trace event, decision (grants, rejections,
+        timeouts) or unlock step, as for the online replay.
+        """
+        waiting = np.flatnonzero(self.status == WAITING)
+        due = waiting[(self.dl[waiting] <= self.end) & np.isfinite(self.dl[waiting])]
+        self._reject(due, self.dl[due], _TIMEOUT)
+        if end_given:
+            end_time = self.end
+        else:
+            times = [self.sched.last_step()]
+            if self.n:
+                times.append(float(self.t[-1]))
+            if self.created.size:
+                times.append(float(self.created.max()))
+            if self.n and not bool(np.isnan(self.decided_at).all()):
+                times.append(float(np.nanmax(self.decided_at)))
+            finite = [x for x in times if math.isfinite(x)]
+            end_time = max(finite) if finite else 0.0
+        within = self.comp.within(self.S, self.G)
+        if not bool(within.all()):
+            bad = int(np.argmin(within))
+            raise InvalidStateError(f"batch run overspent block index {bad}: this is a bug, please report it")
+        fraction = self.sched.fraction(np.arange(self.G.shape[0]), np.full(self.G.shape[0], end_time))
+        return EngineResult(self.status, self.reason, self.granted_at, self.decided_at, end_time, fraction, self.S)
+
+
+def supports(policy: Policy) -> bool:
+    """Whether ``policy`` can run in batch: it has a plan and its unlocker can describe itself as a schedule."""
+    return policy.batch_plan() is not None and type(policy.unlocker).schedule is not Unlocker.schedule
+
+
+def simulate(inp: SimInput, policy: Policy) -> EngineResult | None:
+    """Run ``policy`` over ``inp`` in batch; ``None`` if the policy has no batch plan (use the scheduler)."""
+    if inp.composition.name == "renyi" and not policy.supports_renyi:
+        raise InvalidParameterError(f"policy {policy.name} supports basic composition only")
+    planned = batch_plan(policy, inp)
+    if planned is None:
+        return None
+    plan, sched = planned
+    end = inp.end if inp.end is not None else math.inf
+    run = _Run(inp, plan, sched, end)
+    run.run()
+    return run.finish(inp.end is not None)
