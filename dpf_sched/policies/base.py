@@ -154,6 +154,14 @@ class UnlockSchedule(ABC):
         """Time of the last unlock that changes anything (``-inf`` when unlocks coincide with arrivals)."""
         return -math.inf
 
+    def fraction_at(self, block: int, time: float) -> float:
+        """:meth:`fraction` for one block (subclasses override it with scalar code: it is on the hot path)."""
+        return float(self.fraction(np.array([block]), np.array([time]))[0])
+
+    def first_time_at(self, block: int, need: float, after: float) -> float:
+        """:meth:`first_time` for one block."""
+        return float(self.first_time(np.array([block]), np.array([need]), np.array([after]))[0])
+
 
 class UnlockAll(Unlocker):
     """Everything is unlocked when the block is created (FCFS, DRF)."""
@@ -170,6 +178,13 @@ class UnlockedAtCreation(UnlockSchedule):
 
     def __init__(self, created: FloatArray) -> None:
         self.created = np.asarray(created, dtype=np.float64)
+        self._created = self.created.tolist()
+
+    def fraction_at(self, block: int, time: float) -> float:
+        return 1.0 if self._created[block] <= time else 0.0
+
+    def first_time_at(self, block: int, need: float, after: float) -> float:
+        return math.inf
 
     def fraction(self, blocks: IntArray, times: FloatArray) -> FloatArray:
         return np.where(self.created[blocks] <= times, 1.0, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +69,18 @@ class PerArrivalSchedule(UnlockSchedule):
         counts = np.bincount(b, minlength=n_blocks)
         self.count = counts
         self.offset = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        # Per block, its arrival times as a Python list: the scalar queries bisect them at C speed.
+        self._lists: list[list[float]] = [part.tolist() for part in np.split(self.times, np.cumsum(counts)[:-1])]
+
+    def fraction_at(self, block: int, time: float) -> float:
+        return min(bisect.bisect_right(self._lists[block], time) / self.n, 1.0)
+
+    def first_time_at(self, block: int, need: float, after: float) -> float:
+        if not need <= 1.0 + 1e-9:
+            return math.inf
+        times = self._lists[block]
+        c = max(math.floor(min(need, 2.0) * self.n), bisect.bisect_right(times, after) + 1)
+        return times[c - 1] if c <= len(times) else math.inf
 
     def _arrivals(self, blocks: IntArray, times: FloatArray) -> IntArray:
         key = np.asarray(blocks, dtype=np.float64) + 1j * np.asarray(times, dtype=np.float64)
@@ -154,6 +167,38 @@ class TimedSchedule(UnlockSchedule):
     def __init__(self, rule: UnlockOverTime, created: FloatArray) -> None:
         self.T, self.tick, self.mode, self.K = rule.T, rule.tick, rule.mode, rule.K
         self.created = created
+        self._created = created.tolist()
+
+    def _last_tick_at(self, time: float) -> float:
+        k = float(math.floor(time / self.tick))
+        if (k + 1.0) * self.tick <= time:
+            k += 1.0
+        if k * self.tick > time:
+            k -= 1.0
+        return k
+
+    def _value_at(self, tick_time: float, created: float) -> float:
+        age = tick_time - created
+        if self.mode == "paper":
+            return min(max(age / self.T, 0.0), 1.0)
+        if age < 0:
+            return 1.0 / self.K
+        return min((math.floor(age / self.tick + 1e-9) + 1.0) / self.K, 1.0)
+
+    def fraction_at(self, block: int, time: float) -> float:
+        c = self._created[block]
+        if time < c:
+            return 0.0
+        return self._value_at(self._last_tick_at(time) * self.tick, c)
+
+    def first_time_at(self, block: int, need: float, after: float) -> float:
+        if not need <= 1.0 + 1e-9:
+            return math.inf
+        c = self._created[block]
+        x = min(max(need, 0.0), 1.0)
+        age = x * self.T if self.mode == "paper" else max(math.ceil(x * self.K - 1.0 - 1e-09), 0.0) * self.tick
+        k = max(float(math.ceil((c + age) / self.tick - 1e-7)), self._last_tick_at(after) + 1.0)
+        return k * self.tick
 
     def _last_tick(self, times: FloatArray) -> FloatArray:
         k = np.floor(np.asarray(times, dtype=np.float64) / self.tick)

@@ -124,6 +124,16 @@ def claim_rank(order: str, comp: Composition, inp: SimInput) -> IntArray:
     return rank
 
 
+@dataclass
+class _Group:
+    """The watchers of one woken block that fit there, in rank order, with their suffix floors."""
+
+    block: int
+    frac: float
+    claims: list[int]
+    suffix: FloatArray
+
+
 class _Run:
     """The state of one batch run (arrays indexed by claim, row or block)."""
 
@@ -147,6 +157,7 @@ class _Run:
         self.usable = self.G > 0
         safe = np.where(self.usable, self.G, 1.0)
         self.invG = np.where(self.usable, 1.0 / safe, 0.0)
+        self.unusable = np.where(self.usable, 0.0, np.inf)
         self.rank = claim_rank(plan.order, self.comp, inp)
         self.row_claim = np.repeat(np.arange(self.n, dtype=np.int64), c.n_blocks)
         self.frac_arr = sched.fraction(self.rb, self.t[self.row_claim]) if self.n else np.zeros(0)
@@ -161,7 +172,6 @@ class _Run:
         self.floor = np.full_like(self.G, np.inf)
         self.wake = np.full(nb, np.inf)
         self.heap: list[tuple[float, int]] = []
-        self.dirty: set[int] = set()
         self.now = -math.inf
         self.last_pass = -math.inf
 
@@ -173,6 +183,27 @@ class _Run:
         if self.renyi:
             return np.logical_or.reduce(ok & self.usable[b], axis=1)  # type: ignore[no-any-return]
         return np.logical_and.reduce(ok, axis=1)  # type: ignore[no-any-return]
+
+    def _fit_slice(self, lo: int, hi: int, frac: FloatArray) -> NDArray[np.bool_]:
+        """:meth:`_fit_rows` for the rows ``lo:hi`` of one claim (views instead of gathers)."""
+        b = self.rb[lo:hi]
+        ok = self.D[lo:hi] <= frac[:, None] * self.G[b] - self.S[b] + self.tol[b]
+        if self.renyi:
+            return np.logical_or.reduce(ok & self.usable[b], axis=1)  # type: ignore[no-any-return]
+        return np.logical_and.reduce(ok, axis=1)  # type: ignore[no-any-return]
+
+    def _need_row(self, dem: FloatArray, b: int) -> float:
+        """:meth:`_need` for one demand row on one block."""
+        s = self.S[b]
+        ratio = (dem + s) * self.invG[b]
+        if self.renyi:
+            return float((ratio + self.unusable[b]).min()) - REL_TOL - _NEED_MARGIN
+        need = np.where(self.usable[b], ratio - REL_TOL, np.where(dem + s <= 0, -np.inf, np.inf))
+        return float(need.max()) - _NEED_MARGIN
+
+    def _possible_slice(self, lo: int, hi: int) -> NDArray[np.bool_]:
+        b = self.rb[lo:hi]
+        return self.comp.possible(self.D[lo:hi], self.S[b], self.G[b])
 
     def _possible_rows(self, rows: IntArray) -> NDArray[np.bool_]:
         b = self.rb[rows]
@@ -195,48 +226,94 @@ class _Run:
         return need - _NEED_MARGIN  # type: ignore[no-any-return]
 
     # ----- watch lists and block wake-ups ----------------------------------------------------------------------
-    def _rewake(self, blocks: IntArray, now: float) -> None:
-        """Recompute the wake time of ``blocks`` (their floor or ``S`` changed) and push the new ones."""
-        blocks = blocks[np.isfinite(self.floor[blocks]).any(axis=1)]
-        if blocks.size == 0:
+    def _wake_from_floor(self, b: int, now: float) -> None:
+        """Set block ``b``'s wake time from its floor and today's ``S`` (the first step after ``now``)."""
+        floor = self.floor[b]
+        if floor[0] == math.inf and not np.isfinite(floor).any():
+            self.wake[b] = math.inf
             return
-        need = self._need(self.floor[blocks], blocks)
-        times = self.sched.first_time(blocks, need, np.full(blocks.shape, now))
-        wake = self.wake
-        heap = self.heap
-        for b, w in zip(blocks.tolist(), times.tolist(), strict=True):
-            if w != wake[b]:
-                wake[b] = w
-                if w <= self.end:
-                    heapq.heappush(heap, (w, b))
+        w = self.sched.first_time_at(b, self._need_row(floor, b), now)
+        self.wake[b] = w
+        if w <= self.end:
+            heapq.heappush(self.heap, (w, b))
 
-    def _watch_many(self, claims: IntArray, rows: IntArray) -> None:
-        """``claims[i]`` waits on the block of row ``rows[i]``."""
+    def _watch_many(self, claims: IntArray, rows: IntArray, times: FloatArray) -> None:
+        """``claims[i]`` waits on the block of row ``rows[i]`` and cannot fit before ``times[i]``.
+
+        A block's wake time is a lower bound of its watchers' first possible fit, so a new watcher can only
+        bring it forward (to its own time). Grants never bring it forward (they only take budget), so they do
+        not touch wake times at all: a block whose wake comes and whose floor no longer fits just computes a
+        later one (:meth:`_due`).
+        """
         self.watch_row[claims] = rows
         blocks = self.rb[rows]
         np.minimum.at(self.floor, blocks, self.D[rows])
-        watchers = self.watchers
-        bl = blocks.tolist()
-        for k, b in zip(claims.tolist(), bl, strict=True):
+        watchers, wake, heap, end = self.watchers, self.wake, self.heap, self.end
+        for k, b, w in zip(claims.tolist(), blocks.tolist(), times.tolist(), strict=True):
             watchers[b].append(k)
-        self.dirty.update(bl)
+            if w < wake[b]:
+                wake[b] = w
+                if w <= end:
+                    heapq.heappush(heap, (w, b))
 
-    def _examine(self, b: int, now: float) -> list[int]:
-        """Block ``b`` woke: return its watchers that fit there now; keep the others, tighten its floor."""
+    def _watch_one(self, k: int, row: int, w: float) -> None:
+        """:meth:`_watch_many` for one claim."""
+        self.watch_row[k] = row
+        b = int(self.rb[row])
+        np.minimum(self.floor[b], self.D[row], out=self.floor[b])
+        self.watchers[b].append(k)
+        if w < self.wake[b]:
+            self.wake[b] = w
+            if w <= self.end:
+                heapq.heappush(self.heap, (w, b))
+
+    def _due(self, b: int, now: float) -> _Group | None:
+        """Block ``b``'s wake time has come: examine it if its floor fits now, else compute a later wake."""
+        frac_b = self.sched.fraction_at(b, now)
+        if self._fits_block(b, frac_b, self.floor[b]):
+            group = self._examine(b, now, frac_b)
+            self._wake_from_floor(b, now)
+            return group
+        self._wake_from_floor(b, now)
+        return None
+
+    def _examine(self, b: int, now: float, frac_b: float) -> _Group | None:
+        """Block ``b`` woke: its live watchers that fit there now, in the policy's order, as one group.
+
+        Every live watcher keeps watching ``b`` (those that get granted or move are dropped lazily), and the
+        block's floor is tightened to its live watchers.
+        """
         ks = np.asarray(self.watchers[b], dtype=np.int64)
         rows = self.watch_row[ks]
-        live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
+        live = (self.status[ks] == WAITING) & (rows >= 0)
+        live &= self.rb[np.maximum(rows, 0)] == b
         ks, rows = ks[live], rows[live]
         expired = self.dl[ks] <= now
         if expired.any():  # timed out while waiting here (the deadline passed before this instant)
             self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
+            self.watch_row[ks[expired]] = -1
             ks, rows = ks[~expired], rows[~expired]
-        fit = self._fit_rows(rows, self.sched.fraction(self.rb[rows], np.full(rows.shape, now)))
-        stay = ks[~fit]
-        self.watchers[b] = stay.tolist()
-        self.floor[b] = self.D[rows[~fit]].min(axis=0) if stay.size else np.inf
-        self.watch_row[ks[fit]] = -1
-        return ks[fit].tolist()  # type: ignore[no-any-return]
+        self.watchers[b] = ks.tolist()
+        if not ks.size:
+            self.floor[b] = np.inf
+            return None
+        dem = self.D[rows]
+        self.floor[b] = dem.min(axis=0)
+        fit = self._fit_rows(rows, np.full(rows.shape, frac_b))
+        if not fit.any():
+            return None
+        ks, dem = ks[fit], dem[fit]
+        order = np.argsort(self.rank[ks], kind="stable")
+        ks, dem = ks[order], dem[order]
+        suffix = np.minimum.accumulate(dem[::-1], axis=0)[::-1]
+        return _Group(b, frac_b, ks.tolist(), suffix)
+
+    def _fits_block(self, b: int, frac_b: float, row: FloatArray) -> bool:
+        """Does ``row`` fit in block ``b``'s unlocked budget now (fraction ``frac_b``)?"""
+        ok = row <= frac_b * self.G[b] - self.S[b] + self.tol[b]
+        if self.renyi:
+            return bool((ok & self.usable[b]).any())
+        return bool(ok.all())
 
     def _reject(self, claims: IntArray, when: FloatArray, reason: int) -> None:
         self.status[claims] = REJECTED
@@ -244,28 +321,40 @@ class _Run:
         self.decided_at[claims] = when
 
     # ----- one claim that did not fit: where and until when it waits -------------------------------------------
-    def _settle(self, k: int, now: float, frac: FloatArray) -> None:
-        """Claim ``k`` does not fit at ``now``: watch the block it is furthest from fitting, or time out."""
-        lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
-        rows = np.arange(lo, hi, dtype=np.int64)
-        fit = self._fit_rows(rows, frac)
-        mis = rows[~fit]
-        b = self.rb[mis]
-        times = self.sched.first_time(b, self._need(self.D[mis], b), np.full(b.shape, now))
-        j = int(times.argmax())
-        w = float(times[j])
+    def _settle(self, k: int, now: float, fit: NDArray[np.bool_]) -> None:
+        """Claim ``k`` does not fit at ``now`` (``fit`` per row): watch the block where it can fit last.
+
+        That is the block whose first unlock step that could fit it (with today's ``S``) comes latest; no
+        earlier step can grant the claim. It times out instead when that step is after its deadline.
+        """
+        lo = int(self.ptr[k])
+        if fit.shape[0] == 1:
+            row = lo
+            b0 = int(self.rb[lo])
+            w = self.sched.first_time_at(b0, self._need_row(self.D[lo], b0), now)
+        else:
+            mis = lo + np.flatnonzero(~fit)
+            b = self.rb[mis]
+            times = self.sched.first_time(b, self._need(self.D[mis], b), np.full(b.shape, now))
+            j = int(times.argmax())
+            w = float(times[j])
+            row = int(mis[j])
         if w >= self.dl[k] or math.isinf(w):
             # It cannot fit before its deadline: it times out then (or waits to the end without one).
             self._give_up(np.array([k], dtype=np.int64), np.array([w]))
             return
-        self._watch_many(np.array([k], dtype=np.int64), mis[j : j + 1])
+        old = int(self.watch_row[k])
+        if old >= 0 and self.rb[old] == self.rb[row]:
+            return  # already watching that block (its floor already covers the demand)
+        self._watch_one(k, row, w)
 
     def _give_up(self, claims: IntArray, wake: FloatArray) -> None:
         """Claims that cannot fit before their deadline: rejected at the deadline if it falls in the run."""
         dl = self.dl[claims]
         due = (dl <= self.end) & np.isfinite(dl)
         self._reject(claims[due], dl[due], _TIMEOUT)
-        # The others stay WAITING with no watch: nothing in the run can grant them (see final_status).
+        # The others stay WAITING with no watch: nothing in the run can grant them.
+        self.watch_row[claims] = -1
 
     # ----- passes ----------------------------------------------------------------------------------------------
     def _grant(self, k: int, now: float) -> None:
@@ -276,36 +365,60 @@ class _Run:
         self.granted_at[k] = now
         self.decided_at[k] = now
 
-    def _pass(self, now: float, arrivals: list[int], woken: list[int]) -> set[int]:
-        """The pass of spec/dpf.md over the candidates of one instant; returns the blocks whose ``S`` grew."""
+    def _pass(self, now: float, arrivals: list[int], groups: list[_Group]) -> None:
+        """The pass of spec/dpf.md over the candidates of one instant.
+
+        Candidates are the instant's arrivals and, per block that woke, its watchers that fit there, each group
+        in the policy's order; the groups are merged by rank. Grants only shrink the unlocked budget, so once a
+        block cannot fit the smallest demand left in its group (the suffix floor), the rest of that group is
+        skipped: they keep watching the block, unexamined.
+        """
         self.last_pass = now
-        cands = arrivals + woken
-        if len(cands) > 1:
-            rank = self.rank
-            cands.sort(key=lambda k: int(rank[k]))
-        new = set(arrivals)
-        touched: set[int] = set()
+        rank = self.rank
+        if len(arrivals) > 1:
+            arrivals.sort(key=lambda k: int(rank[k]))
+        heads: list[tuple[int, int, int]] = []
+        if arrivals:
+            heads.append((int(rank[arrivals[0]]), -1, 0))
+        for gid, g in enumerate(groups):
+            heads.append((int(rank[g.claims[0]]), gid, 0))
+        heapq.heapify(heads)
         ptr, rb = self.ptr, self.rb
-        for k in cands:
-            lo, hi = int(ptr[k]), int(ptr[k + 1])
-            rows = np.arange(lo, hi, dtype=np.int64)
-            frac = self.frac_arr[lo:hi] if k in new else self.sched.fraction(rb[lo:hi], np.full(hi - lo, now))
-            if bool(self._fit_rows(rows, frac).all()):
-                self._grant(k, now)
-                touched.update(rb[lo:hi].tolist())
-            elif k in new and self.plan.reject_misfits_on_arrival:
-                self._reject(np.array([k]), np.array([now]), _MISFIT)
+        fraction_at = self.sched.fraction_at
+        reject_misfits = self.plan.reject_misfits_on_arrival
+        while heads:
+            _, gid, pos = heapq.heappop(heads)
+            if gid < 0:
+                k = arrivals[pos]
+                if pos + 1 < len(arrivals):
+                    heapq.heappush(heads, (int(rank[arrivals[pos + 1]]), -1, pos + 1))
             else:
-                self._settle(k, now, frac)
-        return touched
+                g = groups[gid]
+                if not self._fits_block(g.block, g.frac, g.suffix[pos]):
+                    continue
+                if pos + 1 < len(g.claims):
+                    heapq.heappush(heads, (int(rank[g.claims[pos + 1]]), gid, pos + 1))
+                k = g.claims[pos]
+            lo, hi = int(ptr[k]), int(ptr[k + 1])
+            frac = self.frac_arr[lo:hi] if gid < 0 else np.array([fraction_at(b, now) for b in rb[lo:hi].tolist()])
+            fit = self._fit_slice(lo, hi, frac)
+            if bool(fit.all()):
+                self._grant(k, now)
+            elif gid < 0 and reject_misfits:
+                self._reject(np.array([k]), np.array([now]), _MISFIT)
+            elif gid >= 0 and not bool(fit[int(self.watch_row[k]) - lo]):
+                continue  # an earlier grant of this pass took what it needed on its block: it keeps watching
+            else:
+                self._settle(k, now, fit)
 
     # ----- arrivals in batches ---------------------------------------------------------------------------------
-    def _batch(self, i: int, j: int) -> tuple[int, float]:
-        """Look at arrivals ``i..j-1`` (all before the next wake) with today's ``S``.
+    def _batch(self, i: int, j: int, tb: float) -> int:
+        """Look at arrivals ``i..j-1`` (all before the next block wake ``tb``) with today's ``S``.
 
-        Commits, in bulk, every arrival before the first instant at which something can be granted (an
-        arrival that fits, or a wake of one of these arrivals), and returns (next arrival index, that instant
-        or ``inf``).
+        Commits, in bulk, every arrival before the first instant at which something can be granted (an arrival
+        that fits, or the first possible fit of one of these arrivals). If that instant is a lone arrival that
+        fits (no other arrival at the same time, before ``tb``), it is granted here too. Returns the index of the
+        first arrival not yet handled.
         """
         ptr = self.ptr
         lo, hi = int(ptr[i]), int(ptr[j])
@@ -316,48 +429,57 @@ class _Run:
         fits = np.logical_and.reduceat(fit_row, starts)
         possible = np.logical_and.reduceat(self._possible_rows(rows), starts)
         t = self.t[i:j]
-        event = np.inf
+        event = math.inf
         cand = np.flatnonzero(fits & possible)
         if cand.size:
             event = float(t[cand[0]])
-        # Rows that misfit: when could each first fit (with today's S)? A claim waits for its latest row.
-        b = self.rb[rows]
-        row_t = np.repeat(t, counts)
-        need = self._need(self.D[rows], b)
-        first = np.where(fit_row, -np.inf, np.inf)
-        mis = ~fit_row
-        if mis.any():
-            first[mis] = self.sched.first_time(b[mis], need[mis], row_t[mis])
-        wake = np.maximum.reduceat(first, starts)
+        reject_misfits = self.plan.reject_misfits_on_arrival
         waits = possible & ~fits
-        if not self.plan.reject_misfits_on_arrival and waits.any():
-            event = min(event, float(wake[waits].min()))
+        first = wake = None
+        first_wake = math.inf
+        if not reject_misfits and waits[: cand[0] if cand.size else None].any():
+            # Rows that misfit: when could each first fit (with today's S)? A claim waits for its latest row.
+            b = self.rb[rows]
+            first = np.where(fit_row, -np.inf, np.inf)
+            mis = ~fit_row
+            first[mis] = self.sched.first_time(b[mis], self._need(self.D[rows[mis]], b[mis]), np.repeat(t, counts)[mis])
+            wake = np.maximum.reduceat(first, starts)
+            first_wake = float(wake[waits].min())
+            event = min(event, first_wake)
         m = int(np.searchsorted(t, event, side="left"))  # arrivals strictly before the event instant
         if m:
             ks = np.arange(i, i + m, dtype=np.int64)
             never = ~possible[:m]
             if never.any():
                 self._reject(ks[never], t[:m][never], _NEVER_AT_ARRIVAL)
-            waiting = possible[:m] & ~fits[:m]
-            if self.plan.reject_misfits_on_arrival:
-                if waiting.any():
+            waiting = waits[:m]
+            if waiting.any():
+                if reject_misfits:
                     self._reject(ks[waiting], t[:m][waiting], _MISFIT)
-            elif waiting.any():
-                kw = ks[waiting]
-                w = wake[:m][waiting]
-                dead = (w >= self.dl[kw]) | np.isinf(w)
-                if dead.any():
-                    self._give_up(kw[dead], w[dead])
-                kw = kw[~dead]
-                if kw.size:
-                    # The watched row: the latest-fitting row of each claim.
-                    sub = first[: int(starts[m]) if m < starts.shape[0] else first.shape[0]]
-                    best = self._argmax_rows(sub, starts[:m], counts[:m])
-                    rows_w = (lo + best)[waiting][~dead]
-                    self._watch_many(kw, rows_w)
+                else:
+                    assert wake is not None and first is not None
+                    kw = ks[waiting]
+                    w = wake[:m][waiting]
+                    dead = (w >= self.dl[kw]) | np.isinf(w)
+                    if dead.any():
+                        self._give_up(kw[dead], w[dead])
+                    if not dead.all():
+                        # The watched row: the latest-fitting row of each claim.
+                        end_row = int(starts[m]) if m < starts.shape[0] else first.shape[0]
+                        best = self._argmax_rows(first[:end_row], starts[:m], counts[:m])
+                        live = ~dead
+                        self._watch_many(kw[live], (lo + best)[waiting][live], w[live])
             self.now = float(t[m - 1])
-            self._flush(self.now)
-        return i + m, event
+        e = i + m
+        lone = m < t.shape[0] and cand.size and cand[0] == m and event == t[m] and event < min(tb, first_wake)
+        if lone and (e + 1 >= self.n or self.t[e + 1] != event):
+            # The lone arrival of its instant, and it fits: the pass of that instant grants it and nothing else
+            # (no block wakes then, and the budget only shrinks).
+            self.last_pass = event
+            self._grant(e, event)
+            self.now = event
+            return e + 1
+        return e
 
     @staticmethod
     def _argmax_rows(values: FloatArray, starts: IntArray, counts: IntArray) -> IntArray:
@@ -372,13 +494,6 @@ class _Run:
         return first_hit
 
     # ----- the run ---------------------------------------------------------------------------------------------
-    def _flush(self, now: float) -> None:
-        """Give a fresh wake time to every block whose watchers, floor or ``S`` changed."""
-        if self.dirty:
-            blocks = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
-            self.dirty.clear()
-            self._rewake(blocks, now)
-
     def run(self) -> None:
         """Advance from instant to instant until nothing can change before the end."""
         n, t, heap, wake = self.n, self.t, self.heap, self.wake
@@ -394,30 +509,30 @@ class _Run:
                 break
             if ta < tb:
                 j = min(n, i + size, int(np.searchsorted(t, tb, side="left")))
-                i2, event = self._batch(i, j)
-                size = min(4096, 2 * size) if math.isinf(event) else max(4, 2 * (i2 - i))
+                i2 = self._batch(i, j, tb)
+                size = min(4096, 2 * size) if i2 >= j else max(4, 2 * (i2 - i))
                 if i2 > i:
                     i = i2
                     continue
             # One instant: every arrival at `now` and every block whose wake time has come.
             arrivals: list[int] = []
             while i < n and t[i] == now:
-                if bool(self._possible_rows(np.arange(self.ptr[i], self.ptr[i + 1])).all()):
+                if bool(self._possible_slice(int(self.ptr[i]), int(self.ptr[i + 1])).all()):
                     arrivals.append(i)
                 else:
                     self._reject(np.array([i]), np.array([now]), _NEVER_AT_ARRIVAL)
                 i += 1
-            woken: list[int] = []
+            groups: list[_Group] = []
             while heap and heap[0][0] <= now:
                 w, b = heapq.heappop(heap)
                 if w != wake[b]:
                     continue
                 wake[b] = math.inf
-                self.dirty.add(b)
-                woken.extend(self._examine(b, now))
-            self.dirty.update(self._pass(now, arrivals, woken))
+                group = self._due(b, now)
+                if group is not None:
+                    groups.append(group)
+            self._pass(now, arrivals, groups)
             self.now = now
-            self._flush(now)
 
     def finish(self, end_given: bool) -> EngineResult:
         """Settle the claims still waiting, check the guarantee, and return the outcome.

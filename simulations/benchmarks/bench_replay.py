@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--engine", default="auto", choices=["auto", "batch", "scheduler"])
     args = ap.parse_args()
     rate = 234.5 if args.composition == "renyi" else 12.8
     wl = make_workload("micro-multi", seed=args.seed, composition=args.composition, duration=args.claims / rate)
@@ -48,7 +49,7 @@ def main() -> None:
         result = None
         for _ in range(args.repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            result = replay(path, args.policy, parse_params(args.param))
+            result = replay(path, args.policy, parse_params(args.param), engine=args.engine)
             best = min(best, time.perf_counter() - t0)
             best_cpu = min(best_cpu, time.process_time() - c0)
         assert result is not None
@@ -60,7 +61,8 @@ def main() -> None:
                     "params": parse_params(args.param),
                     "composition": args.composition,
                     "claims": n_claims,
-                    "blocks": result.ledger.n_blocks,
+                    "blocks": len(result.blocks.ids),
+                    "engine": result.engine,
                     "trace_lines": lines,
                     "events": n_events,
                     "parse_s": round(parse_s, 3),
