@@ -65,12 +65,21 @@ def main(verbose: int) -> None:
 @click.option("--policy", required=True, help="Registered policy name (see `dpf-sched policies`).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Policy parameter; repeatable.")
 @click.option("--until", type=float, default=None, help="End time (overrides the trace header's).")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "batch", "scheduler"]),
+    default="auto",
+    show_default=True,
+    help="batch simulator, online scheduler pass by pass, or batch whenever the policy allows (same results).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
-def simulate(trace_path: str, policy: str, params: tuple[str, ...], until: float | None, as_json: bool) -> None:
+def simulate(
+    trace_path: str, policy: str, params: tuple[str, ...], until: float | None, engine: str, as_json: bool
+) -> None:
     """Replay a trace under one policy and report what was granted, rejected and left waiting."""
     cls = get_policy_class(policy)
     pol = cls(**parse_params(params))
-    result = replay(trace_path, pol, end=until)
+    result = replay(trace_path, pol, end=until, engine=engine)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
@@ -78,6 +87,7 @@ def simulate(trace_path: str, policy: str, params: tuple[str, ...], until: float
     click.echo(f"policy      {pol.describe()}")
     click.echo(f"trace       {trace_path} ({result.composition} composition, {total} claims)")
     click.echo(f"end time    {result.end_time:g}")
+    click.echo(f"engine      {result.engine}")
     click.echo(
         f"granted     {result.counts['granted']}\n"
         f"rejected    {result.counts['rejected']}\n"
