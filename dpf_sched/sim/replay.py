@@ -29,7 +29,7 @@ from dpf_sched.policies.registry import create_policy
 from dpf_sched.scheduler import Outcome, Scheduler
 from dpf_sched.sim.engine import REASONS, EngineResult, simulate, supports
 from dpf_sched.sim.events import EventLoop, Priority
-from dpf_sched.sim.table import SimInput, tables_from_trace
+from dpf_sched.sim.table import SimInput, tables_from_trace, trace_from_tables
 from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent, read_trace
 
 Observer = Callable[[Scheduler, list[Outcome]], None]
@@ -393,6 +393,31 @@ def replay(
     if engine == "scheduler" or not batch:
         return _Replay(trace, policy, stop, observer).run()
     inp = tables_from_trace(trace, stop)
+    result = simulate(inp, policy)
+    assert result is not None
+    return _batch_result(inp, policy, result)
+
+
+def replay_input(
+    inp: SimInput,
+    policy: Policy | str,
+    params: dict[str, Any] | None = None,
+    *,
+    engine: str = "auto",
+) -> ReplayResult:
+    """Replay a run already in columnar form (:class:`~dpf_sched.sim.table.SimInput`), as built by workload
+    generators, with the same engine choice and results as :func:`replay` on the equivalent trace."""
+    if engine not in ENGINES:
+        raise InvalidParameterError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if isinstance(policy, str):
+        policy = create_policy(policy, **(params or {}))
+    elif params:
+        raise InvalidParameterError("params are only accepted with a policy name")
+    batch = supports(policy)
+    if engine == "batch" and not batch:
+        raise InvalidParameterError(f"policy {policy.describe()} cannot run in the batch engine: it has no batch plan")
+    if engine == "scheduler" or not batch:
+        return _Replay(trace_from_tables(inp), policy, inp.end, None).run()
     result = simulate(inp, policy)
     assert result is not None
     return _batch_result(inp, policy, result)

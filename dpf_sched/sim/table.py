@@ -10,6 +10,7 @@ trace's composition and α grid), so a trace is accepted or refused identically 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from dpf_sched.block import Block
 from dpf_sched.claim import Claim
 from dpf_sched.composition import Composition, check_capacity
 from dpf_sched.errors import DpfSchedError, TraceFormatError
-from dpf_sched.sim.trace import BlockEvent, Trace, TraceHeader
+from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent, TraceHeader
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -43,7 +44,7 @@ class ClaimTable:
 
     ids: tuple[str, ...]
     arrival: FloatArray
-    deadline: FloatArray
+    timeout: FloatArray
     ptr: IntArray
     block: IntArray
     demand: FloatArray
@@ -52,6 +53,11 @@ class ClaimTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def deadline(self) -> FloatArray:
+        """Absolute expiry time per claim (``inf`` without a timeout), computed as the scheduler does."""
+        return self.arrival + self.timeout
 
     @property
     def n_blocks(self) -> IntArray:
@@ -85,7 +91,7 @@ def tables_from_trace(trace: Trace, end: float | None = None) -> SimInput:
     caps: list[FloatArray] = []
     ids: list[str] = []
     arrival: list[float] = []
-    deadline: list[float] = []
+    timeout: list[float] = []
     ptr: list[int] = [0]
     rows_block: list[int] = []
     rows: list[FloatArray] = []
@@ -123,7 +129,7 @@ def tables_from_trace(trace: Trace, end: float | None = None) -> SimInput:
             raise TraceFormatError(str(e), ev.line) from e
         ids.append(claim.id)
         arrival.append(ev.time)
-        deadline.append(ev.time + claim.timeout if claim.timeout is not None else math.inf)
+        timeout.append(claim.timeout if claim.timeout is not None else math.inf)
         ptr.append(len(rows_block))
         labels.append(ev.label)
         owners.append(claim.owner)
@@ -135,7 +141,7 @@ def tables_from_trace(trace: Trace, end: float | None = None) -> SimInput:
     claim_table = ClaimTable(
         tuple(ids),
         np.asarray(arrival, dtype=np.float64),
-        np.asarray(deadline, dtype=np.float64),
+        np.asarray(timeout, dtype=np.float64),
         np.asarray(ptr, dtype=np.int64),
         np.asarray(rows_block, dtype=np.int64),
         np.asarray(rows, dtype=np.float64).reshape(len(rows), width),
@@ -143,3 +149,38 @@ def tables_from_trace(trace: Trace, end: float | None = None) -> SimInput:
         tuple(owners),
     )
     return SimInput(trace.header, comp, block_table, claim_table, end)
+
+
+def events_from_tables(inp: SimInput) -> Iterator[TraceEvent]:
+    """The trace events of ``inp`` in time order (blocks before claims at the same instant).
+
+    The inverse of :func:`tables_from_trace` (up to selectors, which are resolved), so that a workload built
+    as arrays can also drive the online scheduler.
+    """
+    comp = inp.composition
+    blocks, claims = inp.blocks, inp.claims
+    block_times = blocks.created.tolist()
+    caps = blocks.capacity
+    arrival = claims.arrival.tolist()
+    timeout = claims.timeout.tolist()
+    ptr = claims.ptr.tolist()
+    rows = claims.block.tolist()
+    dem = claims.demand
+    nb = 0
+    for k, cid in enumerate(claims.ids):
+        t = arrival[k]
+        while nb < len(block_times) and block_times[nb] <= t:
+            yield BlockEvent(0, block_times[nb], Block(blocks.ids[nb], comp.value(caps[nb]), created=block_times[nb]))
+            nb += 1
+        demand = {blocks.ids[rows[r]]: comp.value(dem[r]) for r in range(ptr[k], ptr[k + 1])}
+        to = timeout[k]
+        claim = Claim(cid, demand, arrival=t, timeout=to if math.isfinite(to) else None, owner=claims.owners[k])
+        yield ClaimEvent(0, t, cid, claim, label=claims.labels[k])
+    while nb < len(block_times):
+        yield BlockEvent(0, block_times[nb], Block(blocks.ids[nb], comp.value(caps[nb]), created=block_times[nb]))
+        nb += 1
+
+
+def trace_from_tables(inp: SimInput) -> Trace:
+    """A :class:`Trace` over :func:`events_from_tables` (its header is ``inp``'s)."""
+    return Trace(inp.header, events_from_tables(inp))
