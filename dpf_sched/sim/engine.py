@@ -131,7 +131,7 @@ class _Group:
     block: int
     frac: float
     claims: list[int]
-    suffix: FloatArray
+    suffix: list[list[float]]
 
 
 class _Run:
@@ -147,6 +147,7 @@ class _Run:
         self.n = len(c)
         self.t = c.arrival
         self.dl = c.deadline
+        self.timeouts = bool(np.isfinite(self.dl).any())
         self.ptr = c.ptr
         self.rb = c.block
         self.D = c.demand
@@ -350,32 +351,69 @@ class _Run:
         """Block ``b`` woke: its live watchers that fit there now, in the policy's order, as one group.
 
         Every live watcher keeps watching ``b`` (those that get granted or move are dropped lazily), and the
-        block's floor is tightened to its live watchers.
+        block's floor is tightened to its live watchers. Short watch lists are handled in plain floats.
         """
-        ks = np.asarray(self.watchers[b], dtype=np.int64)
+        if len(self.watchers[b]) <= 8:
+            return self._examine_few(b, now, frac_b)
+        ks = np.array(self.watchers[b], dtype=np.int64)
         rows = self.watch_row[ks]
-        live = (self.status[ks] == WAITING) & (rows >= 0)
-        live &= self.rb[np.maximum(rows, 0)] == b
+        # rb[-1] is some row's block; the (rows >= 0) term masks it out.
+        live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
         ks, rows = ks[live], rows[live]
-        expired = self.dl[ks] <= now
-        if expired.any():  # timed out while waiting here (the deadline passed before this instant)
-            self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
-            self.watch_row[ks[expired]] = -1
-            ks, rows = ks[~expired], rows[~expired]
+        if self.timeouts:
+            expired = self.dl[ks] <= now
+            if expired.any():  # timed out while waiting here (the deadline passed before this instant)
+                self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
+                self.watch_row[ks[expired]] = -1
+                ks, rows = ks[~expired], rows[~expired]
         self.watchers[b] = ks.tolist()
         if not ks.size:
             self.floor[b] = np.inf
             return None
         dem = self.D[rows]
         self.floor[b] = dem.min(axis=0)
-        fit = self._fit_rows(rows, np.full(rows.shape, frac_b))
+        # Every row is on block b: one available row, broadcast (same expression as _fit_rows).
+        ok = dem <= frac_b * self.G[b] - self.S[b] + self.tol[b]
+        fit = (ok & self.usable[b]).any(axis=1) if self.renyi else ok.all(axis=1)
         if not fit.any():
             return None
         ks, dem = ks[fit], dem[fit]
         order = np.argsort(self.rank[ks], kind="stable")
         ks, dem = ks[order], dem[order]
         suffix = np.minimum.accumulate(dem[::-1], axis=0)[::-1]
-        return _Group(b, frac_b, ks.tolist(), suffix)
+        return _Group(b, frac_b, ks.tolist(), suffix.tolist())
+
+    def _examine_few(self, b: int, now: float, frac_b: float) -> _Group | None:
+        """:meth:`_examine` for a short watch list, without numpy calls."""
+        status, watch_row, rb, dl, D = self.status, self.watch_row, self.rb, self.dl, self.D
+        keep: list[int] = []
+        rows: list[list[float]] = []
+        for k in self.watchers[b]:
+            r = int(watch_row[k])
+            if status[k] != WAITING or r < 0 or rb[r] != b:
+                continue  # granted, rejected or moved to another block since
+            if dl[k] <= now:  # timed out while waiting here
+                self._reject(np.array([k]), np.array([dl[k]]), _TIMEOUT)
+                watch_row[k] = -1
+                continue
+            keep.append(k)
+            rows.append(D[r].tolist())
+        self.watchers[b] = keep
+        if not keep:
+            self.floor[b] = np.inf
+            return None
+        self.floor[b] = [min(col) for col in zip(*rows, strict=True)]
+        rank = self.rank
+        fit = sorted((int(rank[k]), k, row) for k, row in zip(keep, rows, strict=True) if self._fit_py(row, b, frac_b))
+        if not fit:
+            return None
+        suffix: list[list[float]] = []
+        low = [math.inf] * len(rows[0])
+        for _, _, row in reversed(fit):
+            low = [min(x, y) for x, y in zip(low, row, strict=True)]
+            suffix.append(low)
+        suffix.reverse()
+        return _Group(b, frac_b, [k for _, k, _ in fit], suffix)
 
     def _fits_block(self, b: int, frac_b: float, row: FloatArray) -> bool:
         """Does ``row`` fit in block ``b``'s unlocked budget now (fraction ``frac_b``)?"""
@@ -394,10 +432,14 @@ class _Run:
         earlier step can grant the claim. It times out instead when that step is after its deadline.
         """
         lo = int(self.ptr[k])
-        if fit.shape[0] == 1:
-            row = lo
-            b0 = int(self.rb[lo])
-            w = self.sched.first_time_at(b0, self._need_py(self.D[lo].tolist(), b0), now)
+        if fit.shape[0] * self.G.shape[1] <= 64:
+            w, row = -math.inf, -1
+            rb, D, first_time_at = self.rb, self.D, self.sched.first_time_at
+            for r in (lo + np.flatnonzero(~fit)).tolist():
+                b0 = int(rb[r])
+                x = first_time_at(b0, self._need_py(D[r].tolist(), b0), now)
+                if x > w:
+                    w, row = x, r
         else:
             mis = lo + np.flatnonzero(~fit)
             b = self.rb[mis]
@@ -444,6 +486,13 @@ class _Run:
         """
         self.last_pass = now
         rank = self.rank
+        if not arrivals and len(groups) == 1:
+            g = groups[0]
+            for pos, k in enumerate(g.claims):
+                if not self._fit_py(g.suffix[pos], g.block, g.frac):
+                    break
+                self._try(k, now, False)
+            return
         if len(arrivals) > 1:
             arrivals.sort(key=lambda k: int(rank[k]))
         heads: list[tuple[int, int, int]] = []
@@ -452,10 +501,6 @@ class _Run:
         for gid, g in enumerate(groups):
             heads.append((int(rank[g.claims[0]]), gid, 0))
         heapq.heapify(heads)
-        ptr, rb = self.ptr, self.rb
-        fraction_at = self.sched.fraction_at
-        width = self.G.shape[1]
-        reject_misfits = self.plan.reject_misfits_on_arrival
         while heads:
             _, gid, pos = heapq.heappop(heads)
             if gid < 0:
@@ -464,29 +509,34 @@ class _Run:
                     heapq.heappush(heads, (int(rank[arrivals[pos + 1]]), -1, pos + 1))
             else:
                 g = groups[gid]
-                if not self._fits_block(g.block, g.frac, g.suffix[pos]):
+                if not self._fit_py(g.suffix[pos], g.block, g.frac):
                     continue
                 if pos + 1 < len(g.claims):
                     heapq.heappush(heads, (int(rank[g.claims[pos + 1]]), gid, pos + 1))
                 k = g.claims[pos]
-            lo, hi = int(ptr[k]), int(ptr[k + 1])
-            blocks = rb[lo:hi].tolist()
-            fl = self.frac_arr[lo:hi].tolist() if gid < 0 else [fraction_at(b, now) for b in blocks]
-            if (hi - lo) * width <= 64:
-                D = self.D
-                fit = np.array(
-                    [self._fit_py(D[r].tolist(), b, f) for r, b, f in zip(range(lo, hi), blocks, fl, strict=True)]
-                )
-            else:
-                fit = self._fit_slice(lo, hi, np.array(fl))
-            if bool(fit.all()):
-                self._grant(k, now)
-            elif gid < 0 and reject_misfits:
-                self._reject(np.array([k]), np.array([now]), _MISFIT)
-            elif gid >= 0 and not bool(fit[int(self.watch_row[k]) - lo]):
-                continue  # an earlier grant of this pass took what it needed on its block: it keeps watching
-            else:
-                self._settle(k, now, fit)
+            self._try(k, now, gid < 0)
+
+    def _try(self, k: int, now: float, arrival: bool) -> None:
+        """One candidate of a pass: grant it if it fits everywhere now; else reject (FCFS) or let it wait."""
+        lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
+        blocks = self.rb[lo:hi].tolist()
+        fraction_at = self.sched.fraction_at
+        fl = self.frac_arr[lo:hi].tolist() if arrival else [fraction_at(b, now) for b in blocks]
+        if (hi - lo) * self.G.shape[1] <= 64:
+            D = self.D
+            fit = np.array(
+                [self._fit_py(D[r].tolist(), b, f) for r, b, f in zip(range(lo, hi), blocks, fl, strict=True)]
+            )
+        else:
+            fit = self._fit_slice(lo, hi, np.array(fl))
+        if bool(fit.all()):
+            self._grant(k, now)
+        elif arrival and self.plan.reject_misfits_on_arrival:
+            self._reject(np.array([k]), np.array([now]), _MISFIT)
+        elif not arrival and not bool(fit[int(self.watch_row[k]) - lo]):
+            return  # an earlier grant of this pass took what it needed on its block: it keeps watching
+        else:
+            self._settle(k, now, fit)
 
     # ----- arrivals in batches ---------------------------------------------------------------------------------
     def _batch(self, i: int, j: int, tb: float) -> int:
