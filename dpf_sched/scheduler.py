@@ -22,7 +22,7 @@ from dpf_sched.block import Block
 from dpf_sched.budget import Budget
 from dpf_sched.claim import Claim
 from dpf_sched.clock import Clock, ManualClock
-from dpf_sched.errors import InvalidParameterError
+from dpf_sched.errors import InvalidParameterError, InvalidStateError
 from dpf_sched.ledger.base import ClaimRecord, ClaimState, Ledger
 from dpf_sched.policies.base import Decision, PassContext, Policy, Unlock, Verdict
 from dpf_sched.policies.registry import create_policy
@@ -86,6 +86,7 @@ class Scheduler:
         self._arrivals: list[QueuedClaim] = []
         self._deadlines: list[tuple[float, int]] = []
         self._seq = 0
+        self._handles: dict[str, int] = {}  # id → handle of the claims waiting in the queue
         self._last = -math.inf
         self._next_unlock: float | None = None
 
@@ -172,6 +173,7 @@ class Scheduler:
             self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
             return claim.id
         self.queue.add(q)
+        self._handles[claim.id] = handle
         self._arrivals.append(q)
         if math.isfinite(q.deadline):
             heapq.heappush(self._deadlines, (q.deadline, handle))
@@ -191,6 +193,23 @@ class Scheduler:
     def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None) -> None:
         """Spend part of a grant (``amounts`` per block) or all of it (``None``, which finishes the claim)."""
         self.ledger.consume(claim_id, amounts, self._now())
+
+    def withdraw(self, claim_id: str, reason: str = "withdrawn") -> None:
+        """Withdraw a waiting claim (its owner gave up waiting): it is rejected now and can never be granted.
+
+        Only a waiting claim can be withdrawn; a granted one is released instead (:meth:`release`).
+        Raises :class:`~dpf_sched.errors.UnknownClaimError` or :class:`~dpf_sched.errors.InvalidStateError`.
+        """
+        state = self.ledger.state(claim_id)
+        handle = self._handles.get(claim_id)
+        if state is not ClaimState.WAITING or handle is None:
+            raise InvalidStateError(
+                f"claim {claim_id} is {state.value}, not waiting: only a waiting claim can be withdrawn"
+            )
+        self.ledger.reject(claim_id, self._now(), reason)
+        self.queue.remove(handle)
+        self.policy.forget(handle)
+        del self._handles[claim_id]
 
     def release(self, claim_id: str) -> None:
         """Return the unspent rest of a grant to the unlocked pool and finish the claim."""
@@ -238,6 +257,7 @@ class Scheduler:
             else:
                 continue
             self.queue.remove(d.handle)
+            self._handles.pop(q.id, None)
             self.policy.forget(d.handle)
             out.append(Outcome(q.id, d.verdict, d.reason))
         return out

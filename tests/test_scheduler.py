@@ -10,7 +10,7 @@ from dpf_sched.budget import AlphaGrid, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock, WallClock
 from dpf_sched.composition import BasicComposition, RenyiComposition
-from dpf_sched.errors import InvalidStateError, OverConsumptionError
+from dpf_sched.errors import InvalidStateError, OverConsumptionError, UnknownClaimError
 from dpf_sched.ledger import ClaimState, MemoryLedger
 from dpf_sched.policies.round_robin import water_fill
 from dpf_sched.policies.unlocking import UnlockOverTime
@@ -185,3 +185,26 @@ def test_wall_clock_scheduler_runs() -> None:
     sched.submit(Claim("c", {"b": EpsDelta(0.1)}))
     assert [o.claim_id for o in sched.step()] == ["c"]
     assert sched.status("c").claim.arrival > 1e9
+
+
+def test_withdraw_rejects_a_waiting_claim_and_it_never_runs() -> None:
+    sched, ledger, clock = basic("dpf-n", N=10)
+    sched.add_block(Block("b", EpsDelta(1.0)))
+    sched.submit(Claim("w", {"b": EpsDelta(0.5)}))
+    sched.step()
+    assert sched.status("w").state is ClaimState.WAITING
+    before = ledger.unlocked.copy()
+    sched.withdraw("w")
+    rec = sched.status("w")
+    assert rec.state is ClaimState.REJECTED and rec.reason == "withdrawn"
+    for i in range(12):  # enough arrivals to unlock everything: the withdrawn claim is never granted
+        sched.submit(Claim(f"c{i}", {"b": EpsDelta(0.01)}))
+        sched.step()
+    assert sched.status("w").state is ClaimState.REJECTED
+    assert (ledger.unlocked >= before - 1e-12).all()
+    with pytest.raises(InvalidStateError):
+        sched.withdraw("w")
+    with pytest.raises(InvalidStateError):
+        sched.withdraw("c0")  # granted: release it instead
+    with pytest.raises(UnknownClaimError):
+        sched.withdraw("nope")
