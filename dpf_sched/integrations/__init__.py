@@ -1,6 +1,6 @@
 """Integrations of the scheduler with training frameworks (optional extras).
 
-Nothing here is imported by ``import dpf_sched`` or by this package: each integration is a module or package of its own
-that imports its framework (torch, opacus, ...) and is loaded only when asked for, e.g.
+Nothing here is imported by ``import dpf_sched`` or by this package: each integration is a module or package
+of its own that imports its framework (torch, opacus, ...) and is loaded only when asked for, e.g.
 ``from dpf_sched.integrations.opacus import BudgetedPrivacyEngine`` (needs the ``opacus`` extra).
 """
