@@ -355,7 +355,8 @@ class _Run:
         """
         if len(self.watchers[b]) <= 8:
             return self._examine_few(b, now, frac_b)
-        ks = np.array(self.watchers[b], dtype=np.int64)
+        # A claim that left this block and came back is listed twice: keep one entry.
+        ks = np.unique(np.array(self.watchers[b], dtype=np.int64))
         rows = self.watch_row[ks]
         # rb[-1] is some row's block; the (rows >= 0) term masks it out.
         live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
@@ -388,7 +389,7 @@ class _Run:
         status, watch_row, rb, dl, D = self.status, self.watch_row, self.rb, self.dl, self.D
         keep: list[int] = []
         rows: list[list[float]] = []
-        for k in self.watchers[b]:
+        for k in dict.fromkeys(self.watchers[b]):  # once each, even if it left this block and came back
             r = int(watch_row[k])
             if status[k] != WAITING or r < 0 or rb[r] != b:
                 continue  # granted, rejected or moved to another block since
@@ -518,6 +519,8 @@ class _Run:
 
     def _try(self, k: int, now: float, arrival: bool) -> None:
         """One candidate of a pass: grant it if it fits everywhere now; else reject (FCFS) or let it wait."""
+        if self.status[k] != WAITING:
+            raise InvalidStateError(f"batch engine: claim index {k} was offered twice in one pass (a bug)")
         lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
         blocks = self.rb[lo:hi].tolist()
         fraction_at = self.sched.fraction_at
