@@ -165,6 +165,7 @@ class _Run:
         self.G_py: list[list[float]] = self.G.tolist()
         self.tol_py: list[list[float]] = self.tol.tolist()
         self.invG_py: list[list[float]] = self.invG.tolist()
+        self.pair = not self.renyi and self.G.shape[1] == 2
         self.rank = claim_rank(plan.order, self.comp, inp)
         self.row_claim = np.repeat(np.arange(self.n, dtype=np.int64), c.n_blocks)
         self.frac_arr = sched.fraction(self.rb, self.t[self.row_claim]) if self.n else np.zeros(0)
@@ -212,6 +213,8 @@ class _Run:
     # The same three questions on one row, in plain floats (same operations, same order, same results).
     def _fit_py(self, row: list[float], b: int, f: float) -> bool:
         G, S, tol = self.G_py[b], self.S_py[b], self.tol_py[b]
+        if self.pair:  # basic (ε, δ): the two comparisons written out
+            return row[0] <= f * G[0] - S[0] + tol[0] and row[1] <= f * G[1] - S[1] + tol[1]
         if self.renyi:
             return any(g > 0 and d <= f * g - s + t for d, g, s, t in zip(row, G, S, tol, strict=True))
         return all(d <= f * g - s + t for d, g, s, t in zip(row, G, S, tol, strict=True))
@@ -355,19 +358,25 @@ class _Run:
         """
         if len(self.watchers[b]) <= 8:
             return self._examine_few(b, now, frac_b)
-        # A claim that left this block and came back is listed twice: keep one entry.
-        ks = np.unique(np.array(self.watchers[b], dtype=np.int64))
+        listed = self.watchers[b]
+        if len(set(listed)) != len(listed):  # a claim that left this block and came back: keep one entry
+            listed = list(dict.fromkeys(listed))
+        ks = np.array(listed, dtype=np.int64)
         rows = self.watch_row[ks]
         # rb[-1] is some row's block; the (rows >= 0) term masks it out.
         live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
-        ks, rows = ks[live], rows[live]
+        stale = not live.all()
+        if stale:
+            ks, rows = ks[live], rows[live]
         if self.timeouts:
             expired = self.dl[ks] <= now
             if expired.any():  # timed out while waiting here (the deadline passed before this instant)
                 self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
                 self.watch_row[ks[expired]] = -1
                 ks, rows = ks[~expired], rows[~expired]
-        self.watchers[b] = ks.tolist()
+                stale = True
+        if stale or len(listed) != len(self.watchers[b]):
+            self.watchers[b] = ks.tolist()
         if not ks.size:
             self.floor[b] = np.inf
             return None
