@@ -102,8 +102,12 @@ def claim_rank(order: str, comp: Composition, inp: SimInput) -> IntArray:
         return seq
     if order not in ("shares", "dominant"):
         raise InvalidParameterError(f"unknown batch order {order!r}")
-    cap = inp.blocks.capacity[claims.block]
-    share = comp.shares(claims.demand, cap)
+    # Per-row shares, in chunks: a gathered capacity row per (claim, block) pair would double the peak memory.
+    share = np.empty(claims.block.shape[0])
+    step = 1 << 17
+    for lo in range(0, share.shape[0], step):
+        hi = lo + step
+        share[lo:hi] = comp.shares(claims.demand[lo:hi], inp.blocks.capacity[claims.block[lo:hi]])
     counts = claims.n_blocks
     if n == 0:
         return seq
