@@ -4,6 +4,7 @@ Usage::
 
     python simulations/benchmarks/bench_engine.py targets            # Fig. 8, Fig. 16 and 1,000,000 claims
     python simulations/benchmarks/bench_engine.py scaling            # time vs claims, blocks and α orders
+    python simulations/benchmarks/bench_engine.py grid               # Fig. 8: every N of the grid, DPF-N and DPF-T
     python simulations/benchmarks/bench_engine.py profile --setting fig8   # where the time goes (cProfile)
     python simulations/benchmarks/bench_engine.py one --setting million     # one setting, with its peak memory
 
@@ -147,6 +148,20 @@ def scaling(repeat: int) -> None:
              us_per_claim=round(cpu / len(inp.claims) * 1e6, 1), granted=granted)
 
 
+#: The Fig. 8 N grid (spec/workloads.md, multi block, basic).
+FIG8_N = (1, 10, 50, 75, 100, 125, 175, 210, 275, 325, 375, 750, 1125, 1500, 3000, 6000, 10000)
+
+
+def grid(repeat: int) -> None:
+    """Every N of the Fig. 8 grid, DPF-N and DPF-T: the slowest point bounds a whole sweep."""
+    inp, mi = workload_input("micro-multi", seed=0, composition="basic")
+    for n in FIG8_N:
+        for policy, params in (("dpf-n", {"N": n}), ("dpf-t", dpf_t(n, mi))):
+            cpu, granted = timed(inp, policy, params, repeat)
+            emit(setting="fig8-grid", policy=policy, N=n, claims=len(inp.claims), simulate_cpu_s=round(cpu, 3),
+                 granted=granted)
+
+
 def profile(name: str) -> None:
     inp, policy, params, what = setting(name)
     pol = create_policy(policy, **params)
@@ -160,7 +175,7 @@ def profile(name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["targets", "scaling", "profile", "one"])
+    ap.add_argument("what", choices=["targets", "scaling", "grid", "profile", "one"])
     ap.add_argument("--setting", default="fig8", choices=["fig8", "fig8-t", "fig16", "million"])
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
@@ -168,6 +183,8 @@ def main() -> None:
         targets(args.repeat)
     elif args.what == "scaling":
         scaling(max(1, args.repeat // 2))
+    elif args.what == "grid":
+        grid(args.repeat)
     elif args.what == "profile":
         profile(args.setting)
     else:
