@@ -182,6 +182,10 @@ class _Run:
         # Watch lists: per block the claims watching it (lazily cleaned), per claim the watched row.
         self.watchers: list[list[int]] = [[] for _ in range(nb)]
         self.watch_row = np.full(self.n, -1, dtype=np.int64)
+        # Per block, the last examined watchers (rank order, rows, demand rows) and the watch-list version it
+        # was built at; a join bumps the version, so a cache is reused only while nobody joined.
+        self.wver: list[int] = [0] * nb
+        self.wcache: list[tuple[IntArray, IntArray, FloatArray, int] | None] = [None] * nb
         self.floor = np.full_like(self.G, np.inf)
         self.wake = np.full(nb, np.inf)
         self.heap: list[tuple[float, int]] = []
@@ -231,6 +235,8 @@ class _Run:
 
     def _need_py(self, row: list[float], b: int) -> float:
         G, S, inv = self.G_py[b], self.S_py[b], self.invG_py[b]
+        if self.pair and G[0] > 0 and G[1] > 0:  # basic (ε, δ) with both capacities positive, written out
+            return max((row[0] + S[0]) * inv[0], (row[1] + S[1]) * inv[1]) - REL_TOL - _NEED_MARGIN
         if self.renyi:
             need = min([(d + s) * i for d, g, s, i in zip(row, G, S, inv, strict=True) if g > 0], default=math.inf)
             return need - REL_TOL - _NEED_MARGIN
@@ -326,8 +332,10 @@ class _Run:
         blocks = self.rb[rows]
         np.minimum.at(self.floor, blocks, self.D[rows])
         watchers, wake, heap, end = self.watchers, self.wake, self.heap, self.end
+        wver = self.wver
         for k, b, w in zip(claims.tolist(), blocks.tolist(), times.tolist(), strict=True):
             watchers[b].append(k)
+            wver[b] += 1
             if w < wake[b]:
                 wake[b] = w
                 if w <= end:
@@ -339,6 +347,7 @@ class _Run:
         b = int(self.rb[row])
         np.minimum(self.floor[b], self.D[row], out=self.floor[b])
         self.watchers[b].append(k)
+        self.wver[b] += 1
         if w < self.wake[b]:
             self.wake[b] = w
             if w <= self.end:
@@ -363,42 +372,51 @@ class _Run:
         if len(self.watchers[b]) <= 8:
             return self._examine_few(b, now, frac_b)
         listed = self.watchers[b]
-        if len(set(listed)) != len(listed):  # a claim that left this block and came back: keep one entry
-            listed = list(dict.fromkeys(listed))
-        ks = np.array(listed, dtype=np.int64)
-        rows = self.watch_row[ks]
-        # rb[-1] is some row's block; the (rows >= 0) term masks it out.
-        live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
-        stale = not live.all()
-        if stale:
+        cache = self.wcache[b]
+        if cache is not None and cache[3] == self.wver[b]:
+            # Nobody joined since the last look: the same claims, already in rank order, minus those that left.
+            ks, rows, dem, _ = cache
+            live = (self.status[ks] == WAITING) & (self.watch_row[ks] == rows)
+            stale = not live.all()
+            if stale:
+                ks, rows, dem = ks[live], rows[live], dem[live]
+        else:
+            if len(set(listed)) != len(listed):  # a claim that left this block and came back: keep one entry
+                listed = list(dict.fromkeys(listed))
+            ks = np.array(listed, dtype=np.int64)
+            rows = self.watch_row[ks]
+            # rb[-1] is some row's block; the (rows >= 0) term masks it out.
+            live = (self.status[ks] == WAITING) & (self.rb[rows] == b) & (rows >= 0)
             ks, rows = ks[live], rows[live]
+            order = np.argsort(self.rank[ks], kind="stable")
+            ks, rows = ks[order], rows[order]
+            dem = self.D[rows]
+            stale = True
         if self.timeouts:
             expired = self.dl[ks] <= now
             if expired.any():  # timed out while waiting here (the deadline passed before this instant)
                 self._reject(ks[expired], self.dl[ks[expired]], _TIMEOUT)
                 self.watch_row[ks[expired]] = -1
-                ks, rows = ks[~expired], rows[~expired]
+                ks, rows, dem = ks[~expired], rows[~expired], dem[~expired]
                 stale = True
-        if stale or len(listed) != len(self.watchers[b]):
+        if stale:
             self.watchers[b] = ks.tolist()
+            self.floor[b] = dem.min(axis=0) if ks.size else np.inf
+        self.wcache[b] = (ks, rows, dem, self.wver[b])
         if not ks.size:
-            self.floor[b] = np.inf
             return None
-        dem = self.D[rows]
-        self.floor[b] = dem.min(axis=0)
         # Every row is on block b: one available row, broadcast (same expression as _fit_rows).
         ok = dem <= frac_b * self.G[b] - self.S[b] + self.tol[b]
         fit = (ok & self.usable[b]).any(axis=1) if self.renyi else ok.all(axis=1)
         if not fit.any():
             return None
         ks, dem = ks[fit], dem[fit]
-        order = np.argsort(self.rank[ks], kind="stable")
-        ks, dem = ks[order], dem[order]
         suffix = np.minimum.accumulate(dem[::-1], axis=0)[::-1]
         return _Group(b, frac_b, ks.tolist(), suffix.tolist())
 
     def _examine_few(self, b: int, now: float, frac_b: float) -> _Group | None:
         """:meth:`_examine` for a short watch list, without numpy calls."""
+        self.wcache[b] = None
         status, watch_row, rb, dl, D = self.status, self.watch_row, self.rb, self.dl, self.D
         keep: list[int] = []
         rows: list[list[float]] = []
