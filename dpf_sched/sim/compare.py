@@ -1,151 +1,631 @@
-"""Policy comparisons: run a grid of (policy, N, seed) replays of a workload and collect a pandas table.
+"""Policy comparisons: run a grid of (policy, parameters, workload parameters, seed) replays and tabulate them.
 
-DPF-N and RR-N take ``N`` directly; DPF-T and RR-T take ``T = N × mean inter-arrival time`` and the artifact's
-tick of half the mean inter-arrival time (spec/workloads.md), so one "N" axis compares all of them. FCFS and
-DRF have no N and run once per seed. Runs are independent and go to local processes through joblib.
+**The grid** is the product of named axes, each a list of values. An axis is either a policy parameter (one
+that some compared policy declares in its ``params``, e.g. ``N``, ``T``, ``tick``, ``strict``) or a workload
+parameter (an argument of the workload's generator, e.g. ``mice_fraction``, ``rate``). A policy only runs over
+the axes it takes; a policy that takes none of them (FCFS, DRF) runs once per workload point and seed, and the
+tables repeat its value along the other axes.
+
+**N is the common axis.** DPF-N and RR-N take ``N`` directly. A policy that takes ``T`` but not ``N`` (DPF-T,
+RR-T) follows the OSDI'21 convention on an ``N`` axis when no ``T`` axis is given: ``T = N × mean inter-arrival
+time`` of the workload (spec/workloads.md). Whenever such a policy gets its ``T`` from the grid, ``tick``
+defaults to half the mean inter-arrival time and ``unlock`` to ``"artifact"`` (the paper's simulator; override
+either with an axis of its own). Without an ``N`` or ``T`` axis, ``N`` defaults to the Fig. 6a grid
+:data:`DEFAULT_N_GRID`, so ``dpf-sched compare`` on the default workload is the paper's Fig. 6a.
+
+**Execution.** Each run builds its columnar input once per process and workload point (``Workload.table()``
+when the generator has it, otherwise the generator's events through :func:`tables_from_trace`; never JSON) and
+replays it with :func:`~dpf_sched.sim.replay.replay_input` (the batch engine when the policy allows, else the
+online scheduler). Runs go to local processes through joblib, or to a Ray cluster (``backend="ray"``, imported
+only then). Runs that need the online scheduler are dispatched first, since they are the slow ones.
+
+**Results.** :class:`CompareResult` holds one row per run (the grid point, the seed, the policy's exact
+parameters as JSON, and :func:`~dpf_sched.sim.metrics.run_summary`'s metrics) and the delays of each run's
+granted claims, for the delay CDFs.
 """
 
 from __future__ import annotations
 
-import io
+import importlib
+import inspect
+import itertools
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from numpy.typing import NDArray
+from pandas.api.extensions import ExtensionDtype
 
+from dpf_sched.block import Block
+from dpf_sched.claim import Claim
 from dpf_sched.errors import InvalidParameterError
-from dpf_sched.policies.registry import get_policy_class
-from dpf_sched.sim.replay import replay
-from dpf_sched.sim.trace import read_trace, write_trace
-from dpf_sched.sim.workloads import make_workload
+from dpf_sched.policies.registry import create_policy, get_policy_class
+from dpf_sched.sim.engine import supports
+from dpf_sched.sim.metrics import claims_frame, delays, run_summary, write_frame
+from dpf_sched.sim.replay import replay_input
+from dpf_sched.sim.table import SimInput, tables_from_trace
+from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent
+from dpf_sched.sim.workloads import WORKLOADS, Workload, make_workload
 
 logger = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
 
 #: The N grid of the single-block basic microbenchmark (Fig. 6a), the default comparison.
 DEFAULT_N_GRID: tuple[int, ...] = (1, 10, 50, 75, 100, 125, 175, 200, 225, 275, 325)
 DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "dpf-n", "dpf-t", "rr-n")
+BACKENDS: tuple[str, ...] = ("joblib", "ray")
+#: Columns of every run row that are not grid axes or metrics.
+RUN_COLUMNS: tuple[str, ...] = ("run", "workload", "policy", "seed", "engine", "replay_s", "params")
+
+
+# ----- inputs -----------------------------------------------------------------------------------------------
+
+
+def _trace_events(items: Iterable[Any]) -> Iterator[TraceEvent]:
+    """A workload generator's items (blocks, claims, (claim, label) pairs) as trace events."""
+    for line, item in enumerate(items, start=2):  # line 1 would be the header of the written trace
+        if isinstance(item, Block):
+            yield BlockEvent(line, item.created, item)
+        elif isinstance(item, Claim):
+            yield ClaimEvent(line, item.arrival, item.id, item)
+        else:
+            claim, label = item
+            yield ClaimEvent(line, claim.arrival, claim.id, claim, label=label)
+
+
+def workload_input(wl: Workload) -> SimInput:
+    """The columnar input of a generated workload: ``wl.table()`` when the generator offers it (vectorised),
+    otherwise its events read through :func:`tables_from_trace` up to the header's end time."""
+    table: Callable[[], SimInput] | None = getattr(wl, "table", None)
+    if table is not None:
+        return table()
+    return tables_from_trace(Trace(wl.header, _trace_events(wl.events())), wl.header.end)
+
+
+_CACHE: dict[str, SimInput] = {}
+_CACHE_SIZE = 2
+
+
+def _cached_input(workload: str, params: Mapping[str, Any], seed: int) -> SimInput:
+    """The input of one workload point, kept for the next runs of this process on the same point."""
+    key = json.dumps([workload, seed, sorted(params.items())], default=str)
+    inp = _CACHE.get(key)
+    if inp is None:
+        inp = workload_input(make_workload(workload, seed=seed, **params))
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = inp
+    return inp
+
+
+# ----- the grid ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One replay of the grid."""
+    """One replay of the grid: a policy with its exact parameters on one workload point and seed.
 
-    policy: str
-    n: int | None
+    ``point`` holds the grid coordinates this run used (axis → value; axes the policy ignores are absent);
+    ``fair_n`` is the N against which fair-demand claims are counted (the policy's N, else the grid's N).
+    """
+
+    index: int
+    workload: str
+    workload_params: Mapping[str, Any]
     seed: int
+    policy: str
+    params: Mapping[str, Any]
+    point: Mapping[str, Any]
+    fair_n: int | None
 
 
-def policy_params(policy: str, n: int | None, mean_interarrival: float) -> dict[str, Any]:
-    """Translate the grid's N into the policy's own parameters."""
-    cls = get_policy_class(policy)
-    if n is None:
-        return {}
-    if "N" in cls.params:
-        return {"N": n}
-    if "T" in cls.params:
-        params: dict[str, Any] = {"T": n * mean_interarrival}
-        if "tick" in cls.params:
+def _workload_keys(workload: str) -> set[str] | None:
+    """The parameters the workload generator accepts (``None``: it takes any keyword)."""
+    factory = WORKLOADS.get(workload)
+    if factory is None:
+        return set()
+    sig = inspect.signature(factory)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {name for name in sig.parameters if name != "seed"}
+
+
+def _check_n(values: Sequence[Any]) -> list[int]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"N must be a positive integer, got {v!r}") from None
+        if isinstance(v, bool) or not math.isfinite(f) or f != int(f) or f <= 0:
+            raise InvalidParameterError(f"N must be a positive integer, got {v!r}")
+        out.append(int(f))
+    return out
+
+
+def _policy_run(
+    cls_params: Mapping[str, Any], point: Mapping[str, Any], mean_interarrival: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(policy parameters, grid coordinates used) of one policy at one grid point (module docstring)."""
+    params: dict[str, Any] = {}
+    used: dict[str, Any] = {}
+    for key, value in point.items():
+        if key in cls_params:
+            params[key] = value
+            used[key] = value
+    if "N" in point and "N" not in cls_params and "T" in cls_params and "T" not in point:
+        params["T"] = point["N"] * mean_interarrival
+        used["N"] = point["N"]
+    if "T" in params:
+        if "tick" in cls_params and "tick" not in params:
             params["tick"] = mean_interarrival / 2.0
-        if "unlock" in cls.params:
+        if "unlock" in cls_params and "unlock" not in params:
             params["unlock"] = "artifact"
-        return params
-    return {}
+    return params, used
 
 
-def _uses_n(policy: str) -> bool:
-    params = get_policy_class(policy).params
-    return "N" in params or "T" in params
+def plan_runs(
+    workload: str,
+    policies: Sequence[str],
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    seeds: Sequence[int] = (0,),
+    workload_params: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, tuple[Any, ...]], list[RunSpec]]:
+    """Validate a comparison and list its runs; returns ``(axes, runs)``.
+
+    Every input error is raised here, before any run starts: an unknown workload, policy or parameter, an
+    empty list, a bad value (``N`` ≤ 0, a negative rate...), or a policy that cannot serve the workload's
+    composition.
+    """
+    if not policies:
+        raise InvalidParameterError("no policies to compare")
+    if len(set(policies)) != len(policies):
+        raise InvalidParameterError(f"a policy is listed twice: {', '.join(policies)}")
+    if not seeds:
+        raise InvalidParameterError("no seeds given")
+    seed_list = []
+    for s in seeds:
+        if isinstance(s, bool) or int(s) != s:
+            raise InvalidParameterError(f"seeds must be integers, got {s!r}")
+        seed_list.append(int(s))
+    classes = {p: get_policy_class(p) for p in policies}
+    fixed = dict(workload_params or {})
+    make_workload(workload, **fixed)  # unknown workload or fixed parameter: fail now
+    axes: dict[str, tuple[Any, ...]] = {}
+    for key, values in (grid or {}).items():
+        if not values:
+            raise InvalidParameterError(f"the grid of {key} is empty")
+        axes[key] = tuple(_check_n(values)) if key == "N" else tuple(values)
+    if "N" not in axes and "T" not in axes:
+        axes = {"N": DEFAULT_N_GRID, **axes}
+    policy_keys = {"N"}.union(*(set(c.params) for c in classes.values()))
+    wkeys = _workload_keys(workload)
+    workload_axes: list[str] = []
+    for key in axes:
+        in_policy = key in policy_keys
+        in_workload = key != "N" and (wkeys is None or key in wkeys)
+        if in_policy and in_workload and wkeys is not None:
+            raise InvalidParameterError(f"parameter {key} is both a policy and a workload parameter; ambiguous")
+        if in_workload and not in_policy:
+            if key in fixed:
+                raise InvalidParameterError(f"workload parameter {key} is given both as fixed and as a grid")
+            workload_axes.append(key)
+        elif not in_policy:
+            known = sorted(policy_keys | (wkeys or set()))
+            raise InvalidParameterError(
+                f"unknown parameter {key!r}: not a parameter of {', '.join(policies)} nor of workload "
+                f"{workload}; known: {', '.join(known)}"
+            )
+    policy_axes = [k for k in axes if k not in workload_axes]
+    for key in policy_axes:  # parsed once, as the policies will read them ("true" → True, 5 → 5.0 for T)
+        spec = next((c.params[key] for c in classes.values() if key in c.params), None)
+        if spec is not None and key != "N":
+            axes[key] = tuple(spec.parse(v) for v in axes[key])
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    wl_points = list(itertools.product(*(axes[k] for k in workload_axes)))
+    pol_points = list(itertools.product(*(axes[k] for k in policy_axes)))
+    checked: set[str] = set()
+    for name in policies:
+        cls = classes[name]
+        for wvals in wl_points:
+            wpoint = dict(zip(workload_axes, wvals, strict=True))
+            wparams = {**fixed, **wpoint}
+            wl = make_workload(workload, seed=seed_list[0], **wparams)
+            if wl.header.composition == "renyi" and not cls.supports_renyi:
+                raise InvalidParameterError(f"policy {name} supports basic composition only (workload {workload})")
+            for pvals in pol_points:
+                params, used = _policy_run(cls.params, dict(zip(policy_axes, pvals, strict=True)), wl.mean_interarrival)
+                ident = json.dumps([name, sorted(wpoint.items()), sorted(used.items())], default=str)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                pkey = json.dumps([name, sorted(params.items())], default=str)
+                if pkey not in checked:  # bad values (strict=maybe, T=-1...) fail before any run
+                    create_policy(name, **params)
+                    checked.add(pkey)
+                n = params.get("N", used.get("N"))
+                for seed in seed_list:
+                    point = {**used, **wpoint}
+                    runs.append(RunSpec(len(runs), workload, wparams, seed, name, params, point, n))
+    if not runs:
+        raise InvalidParameterError("the grid is empty")
+    return axes, runs
 
 
-def _run_one(workload: str, wparams: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
-    wl = make_workload(workload, seed=spec.seed, **wparams)
-    buf = io.StringIO()
-    write_trace(buf, wl.header, wl.events())
-    buf.seek(0)
-    params = policy_params(spec.policy, spec.n, wl.mean_interarrival)
-    result = replay(read_trace(buf), spec.policy, params)
-    by_class: dict[str, int] = {}
-    for c in result.claims:
-        if c.status == "granted" and c.label:
-            by_class[c.label] = by_class.get(c.label, 0) + 1
-    return {
-        "workload": workload,
-        "policy": spec.policy,
-        "N": spec.n,
-        "seed": spec.seed,
-        **result.counts,
-        **{f"granted_{k}": v for k, v in sorted(by_class.items())},
-        "params": params,
-    }
+# ----- running ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Runs sharing one workload point and seed (built once per process)."""
+
+    specs: tuple[RunSpec, ...]
+    claims_dir: str | None
+
+
+RunOutput = tuple[int, dict[str, Any], FloatArray]
+
+
+def _execute(task: _Task) -> list[RunOutput]:
+    """Run every spec of ``task`` (in a worker process, or in-process with one job)."""
+    out: list[RunOutput] = []
+    for spec in task.specs:
+        inp = _cached_input(spec.workload, spec.workload_params, spec.seed)
+        started = time.perf_counter()
+        result = replay_input(inp, spec.policy, dict(spec.params))
+        seconds = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "run": spec.index,
+            "workload": spec.workload,
+            "policy": spec.policy,
+            **spec.point,
+            "seed": spec.seed,
+            **run_summary(result, inp, spec.fair_n),
+            "engine": result.engine,
+            "replay_s": seconds,
+            "params": json.dumps(dict(spec.params), sort_keys=True),
+        }
+        if task.claims_dir is not None:
+            write_frame(claims_frame(result), Path(task.claims_dir) / f"claims_{spec.index:05d}_{spec.policy}")
+        d = delays(result)
+        out.append((spec.index, row, d[np.isfinite(d)]))
+    return out
+
+
+def _tasks(runs: Sequence[RunSpec], n_jobs: int, claims_dir: str | None) -> list[_Task]:
+    """Group runs by input; slow (online-scheduler) runs go alone and first, fast ones in small chunks."""
+    workers = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
+    slow_cache: dict[str, bool] = {}
+
+    def slow(spec: RunSpec) -> bool:
+        key = json.dumps([spec.policy, sorted(spec.params.items())], default=str)
+        if key not in slow_cache:
+            slow_cache[key] = not supports(create_policy(spec.policy, **spec.params))
+        return slow_cache[key]
+
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in runs:
+        key = json.dumps([spec.seed, sorted(spec.workload_params.items()), slow(spec)], default=str)
+        groups.setdefault(key, []).append(spec)
+    fast_chunk = 1 if workers == 1 else max(1, math.ceil(len(runs) / (4 * workers)))
+    slow_tasks: list[_Task] = []
+    fast_tasks: list[_Task] = []
+    for specs in groups.values():
+        if slow(specs[0]):
+            slow_tasks.extend(_Task((s,), claims_dir) for s in specs)
+        else:
+            for i in range(0, len(specs), fast_chunk):
+                fast_tasks.append(_Task(tuple(specs[i : i + fast_chunk]), claims_dir))
+    return slow_tasks + fast_tasks
+
+
+def _run_joblib(tasks: Sequence[_Task], n_jobs: int) -> Iterator[list[RunOutput]]:
+    from joblib import Parallel, delayed
+
+    if n_jobs == 1:  # in-process: keeps the input cache and gives clean tracebacks
+        for t in tasks:
+            yield _execute(t)
+        return
+    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    yield from parallel(delayed(_execute)(t) for t in tasks)
+
+
+def _import_ray() -> Any:
+    try:
+        return importlib.import_module("ray")
+    except ImportError:
+        raise InvalidParameterError(
+            "the ray backend needs Ray, which is not installed: pip install 'dpf_sched[ray]' (or use --backend joblib)"
+        ) from None
+
+
+def _run_ray(tasks: Sequence[_Task]) -> Iterator[list[RunOutput]]:
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, logging_level=logging.WARNING)  # RAY_ADDRESS picks a cluster
+    remote = ray.remote(_execute)
+    pending = [remote.remote(t) for t in tasks]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            yield ray.get(ref)
+
+
+@dataclass
+class CompareResult:
+    """The outcome of a comparison: axes, one row per run, and the granted claims' delays of each run.
+
+    ``runs`` has the columns :data:`RUN_COLUMNS`, one column per grid axis (``<NA>`` where the run's policy
+    does not use the axis) and the metrics of :func:`~dpf_sched.sim.metrics.run_summary`. ``delays[i]`` belongs
+    to ``runs.iloc[i]``.
+    """
+
+    workload: str
+    policies: tuple[str, ...]
+    axes: dict[str, tuple[Any, ...]]
+    runs: pd.DataFrame
+    delays: list[FloatArray] = field(default_factory=list)
+
+    @property
+    def display_axes(self) -> list[str]:
+        """Axes with more than one value (all axes when none has)."""
+        multi = [a for a, v in self.axes.items() if len(v) > 1]
+        return multi or list(self.axes)
+
+
+def _axis_dtype(values: Sequence[Any]) -> ExtensionDtype | np.dtype[np.object_]:
+    """The nullable dtype of an axis from its declared values: integers stay integral (N = 175, not 175.0)."""
+    if values and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+        return pd.Int64Dtype()
+    if values and all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values):
+        return pd.Float64Dtype()
+    return np.dtype(object)
 
 
 def compare(
     workload: str,
     policies: Sequence[str],
-    n_grid: Sequence[int],
+    grid: Mapping[str, Sequence[Any]] | None = None,
     seeds: Sequence[int] = (0,),
-    workload_params: dict[str, Any] | None = None,
+    workload_params: Mapping[str, Any] | None = None,
     n_jobs: int = 1,
+    backend: str = "joblib",
     progress: bool = False,
-) -> pd.DataFrame:
-    """Run every (policy, N, seed) and return one row per run."""
-    if not policies:
-        raise InvalidParameterError("no policies to compare")
-    if not seeds:
-        raise InvalidParameterError("no seeds given")
-    for n in n_grid:
-        if int(n) != n or n <= 0:
-            raise InvalidParameterError(f"N must be a positive integer, got {n!r}")
-    for p in policies:
-        get_policy_class(p)
-    wparams = dict(workload_params or {})
-    make_workload(workload, **wparams)  # validate before starting workers
-    specs: list[RunSpec] = []
-    for p in policies:
-        grid: list[int | None] = [int(n) for n in n_grid] if _uses_n(p) else [None]
-        specs.extend(RunSpec(p, n, int(s)) for n in grid for s in seeds)
+    claims_dir: str | Path | None = None,
+) -> CompareResult:
+    """Run every (policy, grid point, seed) of a comparison (module docstring) and collect the results.
+
+    Args:
+        workload: registered workload name (:data:`~dpf_sched.sim.workloads.WORKLOADS`).
+        policies: registered policy names.
+        grid: axis name → values (policy or workload parameters); ``N`` defaults to :data:`DEFAULT_N_GRID`.
+        seeds: workload seeds; every grid point runs once per seed.
+        workload_params: fixed workload parameters.
+        n_jobs: parallel processes (joblib: ``-1`` = all cores) — ignored by Ray, which uses its cluster.
+        backend: ``"joblib"`` (local processes) or ``"ray"``.
+        progress: show a tqdm progress bar (on stderr).
+        claims_dir: when given, each run's per-claim table is written there (``claims_<run>_<policy>``).
+    """
+    if backend not in BACKENDS:
+        raise InvalidParameterError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs == 0 or n_jobs < -1:
+        raise InvalidParameterError(f"jobs must be a positive integer or -1 (all cores), got {n_jobs!r}")
+    if backend == "ray":
+        _import_ray()  # a clear error before planning anything
+    axes, runs = plan_runs(workload, policies, grid, seeds, workload_params)
+    cdir = None
+    if claims_dir is not None:
+        Path(claims_dir).mkdir(parents=True, exist_ok=True)
+        cdir = str(claims_dir)
+    tasks = _tasks(runs, n_jobs, cdir)
+    results = _run_ray(tasks) if backend == "ray" else _run_joblib(tasks, n_jobs)
+    rows: dict[int, dict[str, Any]] = {}
+    kept: dict[int, FloatArray] = {}
+    bar: Any = None
     if progress:
         from tqdm import tqdm
 
-        iterable: Any = tqdm(specs, desc="runs", unit="run")
-    else:
-        iterable = specs
-    rows = Parallel(n_jobs=n_jobs)(delayed(_run_one)(workload, wparams, spec) for spec in iterable)
-    df = pd.DataFrame(rows)
-    df["N"] = df["N"].astype("Int64")  # N-less policies (FCFS, DRF) have <NA>, the others integers
-    return df
+        bar = tqdm(total=len(runs), desc=f"{workload}", unit="run")
+    try:
+        for batch in results:
+            for index, row, d in batch:
+                rows[index] = row
+                kept[index] = d
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+        if n_jobs == 1 and backend == "joblib":
+            _CACHE.clear()
+    order = sorted(rows)
+    df = pd.DataFrame([rows[i] for i in order])
+    for axis in axes:
+        if axis not in df.columns:
+            df[axis] = pd.NA
+        df[axis] = df[axis].astype(_axis_dtype(axes[axis]))
+    metric_cols = [c for c in df.columns if c not in RUN_COLUMNS and c not in axes]
+    for col in metric_cols:  # a class absent from a run (no elephants at mice_fraction = 1) counts 0 claims
+        if col.split("_", 1)[0] in ("granted", "rejected", "waiting"):
+            df[col] = df[col].fillna(0).astype(np.int64)
+    df = df[["run", "workload", "policy", *axes, "seed", *metric_cols, "engine", "replay_s", "params"]]
+    return CompareResult(workload, tuple(policies), axes, df.reset_index(drop=True), [kept[i] for i in order])
 
 
-def granted_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Granted claims (mean over seeds) with N as rows and policies as columns; N-less policies repeat."""
-    n_values = sorted(int(n) for n in df["N"].dropna().unique())
-    out = pd.DataFrame(index=pd.Index(n_values, name="N"))
-    for policy, grp in df.groupby("policy", sort=False):
-        if grp["N"].isna().all():
-            out[policy] = float(grp["granted"].mean())
-        else:
-            out[policy] = grp.groupby("N")["granted"].mean().reindex(n_values).to_numpy()
-    return out
+# ----- tables and plots -------------------------------------------------------------------------------------
 
 
-def plot_granted(table: pd.DataFrame, path: str, title: str) -> None:
-    """Granted claims versus N, one line per policy (needs the ``plot`` extra)."""
+def summary_table(result: CompareResult, column: str = "granted") -> pd.DataFrame:
+    """``column`` (mean over seeds) with the grid points as rows and the policies as columns.
+
+    Rows are indexed by the axes that have more than one value; a policy that does not use an axis repeats its
+    value along it (FCFS is a flat line over N).
+    """
+    runs = result.runs
+    axes = result.display_axes
+    full = pd.DataFrame(list(itertools.product(*(result.axes[a] for a in axes))), columns=axes)
+    for a in axes:
+        full[a] = full[a].astype(_axis_dtype(result.axes[a]))
+    out = full.copy()
+    for policy in result.policies:
+        grp = runs[runs["policy"] == policy]
+        if column not in grp.columns or grp.empty:
+            out[policy] = np.nan
+            continue
+        used = [a for a in axes if grp[a].notna().any()]
+        if not used:
+            out[policy] = float(grp[column].mean())
+            continue
+        means = grp.groupby(used, dropna=False)[column].mean().rename(policy).reset_index()
+        for a in used:
+            means[a] = means[a].astype(_axis_dtype(result.axes[a]))
+        out[policy] = full[used].merge(means, on=used, how="left")[policy].to_numpy()
+    return out.set_index(axes)
+
+
+def granted_table(result: CompareResult) -> pd.DataFrame:
+    """Granted claims (mean over seeds): grid points as rows, policies as columns."""
+    return summary_table(result, "granted")
+
+
+def _x_axis(table: pd.DataFrame) -> str:
+    names = [str(n) for n in table.index.names]
+    for preferred in ("N", "T"):
+        if preferred in names:
+            return preferred
+    return max(names, key=lambda n: table.index.get_level_values(n).nunique())
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy in table.columns:
-        ax.plot(table.index, table[policy], marker="o", label=policy)
-    ax.set_xlabel("N (DPF-T/RR-T: T = N × mean inter-arrival)")
+    return plt
+
+
+def plot_granted(table: pd.DataFrame, path: str | Path, title: str) -> None:
+    """Granted claims versus the x axis (N, else T, else the longest axis), one line per policy and per value
+    of the other axes (needs the ``plot`` extra)."""
+    plt = _pyplot()
+    x = _x_axis(table)
+    flat = table.reset_index()
+    others = [str(n) for n in table.index.names if n != x]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    groups = list(flat.groupby(others, sort=False)) if others else [((), flat)]
+    for key, grp in groups:
+        suffix = ""
+        if others:
+            vals = key if isinstance(key, tuple) else (key,)
+            suffix = " (" + ", ".join(f"{o}={v}" for o, v in zip(others, vals, strict=True)) + ")"
+        for policy in table.columns:
+            ax.plot(grp[x].to_numpy(dtype=float), grp[policy].to_numpy(dtype=float), marker="o", label=policy + suffix)
+    label = {"N": "N (DPF-T/RR-T: T = N × mean inter-arrival)", "T": "T"}.get(x, x)
+    xs = flat[x].to_numpy(dtype=float)
+    if xs.size and xs.min() > 0 and xs.max() / xs.min() > 1000:  # Fig. 8's 1 … 10,000: a log axis shows both ends
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
     ax.set_ylabel("granted claims")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def best_points(result: CompareResult) -> dict[str, dict[str, Any]]:
+    """Per policy, the grid coordinates (as used by the policy) where it granted the most (mean over seeds)."""
+    runs = result.runs
+    out: dict[str, dict[str, Any]] = {}
+    for policy in result.policies:
+        grp = runs[runs["policy"] == policy]
+        if grp.empty:
+            continue
+        used = [a for a in result.axes if grp[a].notna().any()]
+        if not used:
+            out[policy] = {}
+            continue
+        means = grp.groupby(used, dropna=False)["granted"].mean()
+        best = means.idxmax()
+        vals = best if isinstance(best, tuple) else (best,)
+        out[policy] = dict(zip(used, vals, strict=True))
+    return out
+
+
+def plot_delay_cdfs(result: CompareResult, path: str | Path, title: str) -> None:
+    """Empirical CDF of the scheduling delay of granted claims, one line per policy, at the grid point where
+    that policy granted the most (delays pooled over seeds)."""
+    plt = _pyplot()
+    runs = result.runs
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for policy, point in best_points(result).items():
+        mask = (runs["policy"] == policy).to_numpy()
+        for axis, value in point.items():
+            mask = mask & (runs[axis] == value).fillna(False).to_numpy(dtype=bool)
+        idx = np.flatnonzero(mask)
+        d = np.sort(np.concatenate([result.delays[i] for i in idx])) if idx.size else np.zeros(0)
+        where = ", ".join(f"{k}={v}" for k, v in point.items())
+        label = f"{policy} ({where})" if where else policy
+        if d.size == 0:
+            ax.plot([], [], label=f"{label}: nothing granted")
+            continue
+        y = np.arange(1, d.size + 1) / d.size
+        ax.step(np.r_[0.0, d], np.r_[0.0, y], where="post", label=label)
+    ax.set_xlabel("scheduling delay of granted claims (s)")
+    ax.set_ylabel("fraction of granted claims")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(result: CompareResult, out_dir: str | Path, title: str | None = None) -> tuple[list[Path], str]:
+    """Write ``runs`` and ``granted`` tables (CSV, plus parquet with pyarrow) and the two plots to ``out_dir``.
+
+    Returns the paths written and a note (non-empty when matplotlib is missing and no plot was written).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or result.workload
+    paths = write_frame(result.runs, out / "runs")
+    paths += write_frame(granted_table(result), out / "granted", index=True)
+    try:
+        plot_granted(granted_table(result), out / "granted.png", f"{title}: granted claims")
+        plot_delay_cdfs(result, out / "delay_cdf.png", f"{title}: scheduling delay")
+    except ImportError:
+        return paths, "matplotlib is not installed (pip install 'dpf_sched[plot]'); no plot written"
+    return [*paths, out / "granted.png", out / "delay_cdf.png"], ""
+
+
+def records(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """The runs as JSON-ready objects (``--json``): NaN and ``<NA>`` become ``None``, ``params`` an object."""
+    out = []
+    cols = list(runs.columns)
+    for values in runs.itertuples(index=False, name=None):
+        obj: dict[str, Any] = {}
+        for col, v in zip(cols, values, strict=True):
+            if col == "params" and isinstance(v, str):
+                obj[col] = json.loads(v)
+            elif v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                obj[col] = None
+            elif isinstance(v, np.generic):
+                item = v.item()
+                obj[col] = None if isinstance(item, float) and math.isnan(item) else item
+            else:
+                obj[col] = v
+        out.append(obj)
+    return out
