@@ -10,7 +10,7 @@ trace's composition and α grid), so a trace is accepted or refused identically 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +151,21 @@ def tables_from_trace(trace: Trace, end: float | None = None) -> SimInput:
     return SimInput(trace.header, comp, block_table, claim_table, end)
 
 
+def time_order(block_times: Sequence[float], arrival: Sequence[float]) -> Iterator[tuple[bool, int]]:
+    """Blocks and claims merged in time order, blocks first at the same instant (the trace's rule).
+
+    Yields ``(True, i)`` for the i-th block and ``(False, k)`` for the k-th claim; both inputs are sorted.
+    """
+    nb = 0
+    for k, t in enumerate(arrival):
+        while nb < len(block_times) and block_times[nb] <= t:
+            yield True, nb
+            nb += 1
+        yield False, k
+    for i in range(nb, len(block_times)):
+        yield True, i
+
+
 def events_from_tables(inp: SimInput) -> Iterator[TraceEvent]:
     """The trace events of ``inp`` in time order (blocks before claims at the same instant).
 
@@ -160,25 +175,21 @@ def events_from_tables(inp: SimInput) -> Iterator[TraceEvent]:
     comp = inp.composition
     blocks, claims = inp.blocks, inp.claims
     block_times = blocks.created.tolist()
-    caps = blocks.capacity
     arrival = claims.arrival.tolist()
     timeout = claims.timeout.tolist()
     ptr = claims.ptr.tolist()
     rows = claims.block.tolist()
-    dem = claims.demand
-    nb = 0
-    for k, cid in enumerate(claims.ids):
-        t = arrival[k]
-        while nb < len(block_times) and block_times[nb] <= t:
-            yield BlockEvent(0, block_times[nb], Block(blocks.ids[nb], comp.value(caps[nb]), created=block_times[nb]))
-            nb += 1
-        demand = {blocks.ids[rows[r]]: comp.value(dem[r]) for r in range(ptr[k], ptr[k + 1])}
-        to = timeout[k]
-        claim = Claim(cid, demand, arrival=t, timeout=to if math.isfinite(to) else None, owner=claims.owners[k])
-        yield ClaimEvent(0, t, cid, claim, label=claims.labels[k])
-    while nb < len(block_times):
-        yield BlockEvent(0, block_times[nb], Block(blocks.ids[nb], comp.value(caps[nb]), created=block_times[nb]))
-        nb += 1
+    for is_block, i in time_order(block_times, arrival):
+        if is_block:
+            t = block_times[i]
+            yield BlockEvent(0, t, Block(blocks.ids[i], comp.value(blocks.capacity[i]), created=t))
+            continue
+        demand = {blocks.ids[rows[r]]: comp.value(claims.demand[r]) for r in range(ptr[i], ptr[i + 1])}
+        to = timeout[i]
+        claim = Claim(
+            claims.ids[i], demand, arrival=arrival[i], timeout=to if math.isfinite(to) else None, owner=claims.owners[i]
+        )
+        yield ClaimEvent(0, arrival[i], claims.ids[i], claim, label=claims.labels[i])
 
 
 def trace_from_tables(inp: SimInput) -> Trace:

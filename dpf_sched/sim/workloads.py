@@ -51,7 +51,7 @@ from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.composition import Composition
 from dpf_sched.errors import DpfSchedError, InvalidParameterError
-from dpf_sched.sim.table import BlockTable, ClaimTable, SimInput
+from dpf_sched.sim.table import BlockTable, ClaimTable, SimInput, time_order
 from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent, TraceHeader
 
 FloatArray = NDArray[np.float64]
@@ -235,23 +235,20 @@ class Workload:
         ptr = claims.ptr.tolist()
         rows = claims.block.tolist()
         bids = blocks.ids
-        nb = 0
-        for c, cid in enumerate(claims.ids):
-            t = arrival[c]
-            while nb < len(block_times) and block_times[nb] <= t:
-                yield block_objs[nb]
-                nb += 1
-            chosen = [bids[r] for r in rows[ptr[c] : ptr[c + 1]]]
-            to = timeout[c]
+        for is_block, i in time_order(block_times, arrival):
+            if is_block:
+                yield block_objs[i]
+                continue
+            chosen = [bids[r] for r in rows[ptr[i] : ptr[i + 1]]]
+            to = timeout[i]
             claim = Claim(
-                cid,
-                dict.fromkeys(chosen, demands[kinds[c]]),
-                arrival=t,
+                claims.ids[i],
+                dict.fromkeys(chosen, demands[kinds[i]]),
+                arrival=arrival[i],
                 timeout=to if math.isfinite(to) else None,
-                owner=claims.owners[c],
+                owner=claims.owners[i],
             )
-            yield (claim, claims.labels[c])
-        yield from block_objs[nb:]
+            yield (claim, claims.labels[i])
 
     def trace(self) -> Trace:
         """The run as an in-memory :class:`~dpf_sched.sim.trace.Trace` (what ``read_trace`` of its file gives)."""
