@@ -69,3 +69,18 @@ class TraceFormatError(DpfSchedError, ValueError):
     def __init__(self, message: str, line: int | None = None) -> None:
         self.line = line
         super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+class LedgerStorageError(DpfSchedError):
+    """A durable ledger's storage failed or is unusable (not a ledger, corrupted, connection lost).
+
+    The operation that met it changed nothing that was acknowledged: its transaction was rolled back.
+    """
+
+
+class SchemaVersionError(LedgerStorageError):
+    """A ledger database whose schema version this library cannot use (written by a newer version)."""
+
+
+class GrantLeaseError(DpfSchedError):
+    """Another scheduler loop holds the right to grant on this ledger (only one may grant at a time)."""

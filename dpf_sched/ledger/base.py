@@ -81,6 +81,19 @@ class ClaimStatus:
     reason: str | None
 
 
+def request_fingerprint(
+    op: str, claim_id: str, amounts: Mapping[str, FloatArray] | None
+) -> tuple[str, str, tuple[tuple[str, bytes], ...] | None]:
+    """What identifies an idempotent request: the operation, the claim and the exact amounts (float64 bytes).
+
+    A retry carries the same fingerprint; the same request id with another fingerprint is a client bug.
+    """
+    if amounts is None:
+        return (op, claim_id, None)
+    rows = tuple(sorted((b, np.asarray(r, dtype="<f8").tobytes()) for b, r in amounts.items()))
+    return (op, claim_id, rows)
+
+
 @dataclass(frozen=True)
 class InvariantViolation:
     """One broken invariant: which (number as in DESIGN.md), where, and what was seen."""
@@ -195,12 +208,27 @@ class Ledger(ABC):
         """Close a waiting claim without budget."""
 
     @abstractmethod
-    def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None, now: float = 0.0) -> None:
-        """Spend part (``amounts`` per block) or all (``None``, which also finishes the claim) of a grant."""
+    def consume(
+        self,
+        claim_id: str,
+        amounts: Mapping[str, Budget] | None = None,
+        now: float = 0.0,
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        """Spend part (``amounts`` per block) or all (``None``, which also finishes the claim) of a grant.
+
+        ``request_id`` (client-chosen, unique per request) makes a retry safe: a request id the ledger has
+        already applied returns without a second effect; reusing it for a different request raises
+        :class:`~dpf_sched.errors.InvalidParameterError`.
+        """
 
     @abstractmethod
-    def release(self, claim_id: str, now: float = 0.0) -> None:
-        """Return the unconsumed rest of a grant to the unlocked pool and finish the claim."""
+    def release(self, claim_id: str, now: float = 0.0, *, request_id: str | None = None) -> None:
+        """Return the unconsumed rest of a grant to the unlocked pool and finish the claim.
+
+        ``request_id`` makes a retry safe, as for :meth:`consume`.
+        """
 
     @abstractmethod
     def state(self, claim_id: str) -> ClaimState:

@@ -38,7 +38,10 @@ from dpf_sched.ledger.base import (
     IntArray,
     InvariantViolation,
     Ledger,
+    request_fingerprint,
 )
+
+_Fingerprint = tuple[str, str, tuple[tuple[str, bytes], ...] | None]
 
 
 @dataclass
@@ -101,6 +104,7 @@ class MemoryLedger(Ledger):
         self._block_index: dict[str, int] = {}
         self._claims: dict[str, _ClaimEntry] = {}
         self._views: dict[str, NDArray[np.generic]] = {}
+        self._requests: dict[str, _Fingerprint] = {}  # applied request ids (idempotent consume / release)
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -336,7 +340,45 @@ class MemoryLedger(Ledger):
         if e.state is not ClaimState.GRANTED:
             raise InvalidStateError(f"claim {e.claim.id} is {e.state.value}; only a granted claim can {op}")
 
-    def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None, now: float = 0.0) -> None:
+    # ----- idempotent requests ------------------------------------------------------------------------------
+    def _fingerprint(self, op: str, claim_id: str, amounts: Mapping[str, Budget] | None) -> _Fingerprint:
+        rows = None if amounts is None else {b: self.composition.row(v) for b, v in amounts.items()}
+        return request_fingerprint(op, claim_id, rows)
+
+    def _already_applied(
+        self, request_id: str | None, op: str, claim_id: str, amounts: Mapping[str, Budget] | None
+    ) -> bool:
+        """True when ``request_id`` was applied before with the same request (a retry: do nothing again)."""
+        if request_id is None:
+            return False
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidParameterError(f"request id must be a non-empty string, got {request_id!r}")
+        seen = self._requests.get(request_id)
+        if seen is None:
+            return False
+        if seen != self._fingerprint(op, claim_id, amounts):
+            raise InvalidParameterError(f"request id {request_id!r} was already used for a different request")
+        return True
+
+    def has_request(self, request_id: str) -> bool:
+        """True when a consume or release with this request id has been applied."""
+        return request_id in self._requests
+
+    def consume(
+        self,
+        claim_id: str,
+        amounts: Mapping[str, Budget] | None = None,
+        now: float = 0.0,
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        if self._already_applied(request_id, "consume", claim_id, amounts):
+            return
+        self._consume(claim_id, amounts, now)
+        if request_id is not None:
+            self._requests[request_id] = self._fingerprint("consume", claim_id, amounts)
+
+    def _consume(self, claim_id: str, amounts: Mapping[str, Budget] | None, now: float) -> None:
         e = self._entry(claim_id)
         check_time("time", now)
         self._require_granted(e, "consume")
@@ -386,7 +428,9 @@ class MemoryLedger(Ledger):
         e.remaining = e.remaining - from_alloc
         e.consumed = e.consumed + amt
 
-    def release(self, claim_id: str, now: float = 0.0) -> None:
+    def release(self, claim_id: str, now: float = 0.0, *, request_id: str | None = None) -> None:
+        if self._already_applied(request_id, "release", claim_id, None):
+            return
         e = self._entry(claim_id)
         check_time("time", now)
         self._require_granted(e, "release")
@@ -395,6 +439,8 @@ class MemoryLedger(Ledger):
         self._unlocked[idx] += e.remaining
         e.remaining = self._zero(e.remaining.shape)
         e.state = ClaimState.FINISHED
+        if request_id is not None:
+            self._requests[request_id] = ("release", claim_id, None)
 
     def state(self, claim_id: str) -> ClaimState:
         return self._entry(claim_id).state

@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock
-from dpf_sched.composition import RenyiComposition
+from dpf_sched.composition import Composition, RenyiComposition
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, TraceFormatError
-from dpf_sched.ledger.base import ClaimState
+from dpf_sched.ledger.base import ClaimState, Ledger
 from dpf_sched.ledger.memory import MemoryLedger
 from dpf_sched.policies.base import Policy, Verdict
 from dpf_sched.policies.registry import create_policy
@@ -33,6 +33,8 @@ from dpf_sched.sim.table import SimInput, tables_from_trace, trace_from_tables
 from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent, read_trace
 
 Observer = Callable[[Scheduler, list[Outcome]], None]
+#: Builds the ledger an online replay runs on from the trace's composition (default: a MemoryLedger).
+LedgerFactory = Callable[[Composition], Ledger]
 FloatArray = NDArray[np.float64]
 
 STATUS = {
@@ -190,11 +192,19 @@ class ReplayResult:
 class _Replay:
     """One replay's mutable state (kept out of the module functions)."""
 
-    def __init__(self, trace: Trace, policy: Policy, end: float | None, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        policy: Policy,
+        end: float | None,
+        observer: Observer | None = None,
+        ledger: LedgerFactory | None = None,
+    ) -> None:
         self.observer = observer
         self.trace = trace
         self.end = end
-        self.ledger = MemoryLedger(trace.header.make_composition())
+        comp = trace.header.make_composition()
+        self.ledger: Ledger = MemoryLedger(comp) if ledger is None else ledger(comp)
         self.clock = ManualClock()
         self.scheduler = Scheduler(self.ledger, policy, self.clock)
         self.loop = EventLoop()
@@ -364,6 +374,7 @@ def replay(
     end: float | None = None,
     observer: Observer | None = None,
     engine: str = "auto",
+    ledger: LedgerFactory | None = None,
 ) -> ReplayResult:
     """Replay ``trace`` (a :class:`Trace` or a path/file to read) under ``policy``.
 
@@ -373,10 +384,15 @@ def replay(
     ``engine``: ``"batch"`` runs the batch simulator (:mod:`dpf_sched.sim.engine`), ``"scheduler"`` drives the
     online :class:`Scheduler` pass by pass, ``"auto"`` (default) takes the batch simulator when the policy
     supports it and no observer is given. Both give the same grants and final statuses.
+    ``ledger`` builds the ledger from the trace's composition (a SQL ledger records the run: its journal and
+    final state); it needs the online scheduler, so it is refused with ``engine="batch"`` and makes ``"auto"``
+    take the scheduler.
     Malformed input raises :class:`TraceFormatError` naming the line.
     """
     if engine not in ENGINES:
         raise InvalidParameterError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if ledger is not None and engine == "batch":
+        raise InvalidParameterError("a ledger factory needs the online scheduler: use engine='scheduler' or 'auto'")
     if not isinstance(trace, Trace):
         trace = read_trace(trace)
     if isinstance(policy, str):
@@ -386,12 +402,12 @@ def replay(
     if end is not None and (not math.isfinite(end) or end < 0):
         raise InvalidParameterError(f"end time must be finite and ≥ 0, got {end}")
     stop = end if end is not None else trace.header.end
-    batch = supports(policy) and observer is None
+    batch = supports(policy) and observer is None and ledger is None
     if engine == "batch" and not batch:
         why = "an observer needs the online scheduler" if observer is not None else "it has no batch plan"
         raise InvalidParameterError(f"policy {policy.describe()} cannot run in the batch engine: {why}")
     if engine == "scheduler" or not batch:
-        return _Replay(trace, policy, stop, observer).run()
+        return _Replay(trace, policy, stop, observer, ledger).run()
     inp = tables_from_trace(trace, stop)
     result = simulate(inp, policy)
     assert result is not None

@@ -1,0 +1,82 @@
+"""Durable SQL ledgers: SQLite (embedded default, one file) and PostgreSQL (many processes on many hosts).
+
+Open one by URL with :func:`open_ledger`:
+
+* ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, or a plain file path;
+  query options ``synchronous=full|normal``;
+* ``postgresql://user@host:port/dbname?schema=NAME`` (``postgres://`` too); ``schema`` selects the PostgreSQL
+  schema holding the tables (default ``public``), every other parameter goes to libpq.
+
+See ``docs/ledger.md`` for the schema, transactions, durability, locking, idempotency, audit and migration.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from dpf_sched.composition import Composition
+from dpf_sched.errors import InvalidParameterError
+from dpf_sched.ledger.sql.ledger import (
+    AuditReport,
+    SqlLedger,
+    apply_entry,
+    composition_descriptor,
+    composition_from_descriptor,
+    eps_delta_of,
+)
+from dpf_sched.ledger.sql.schema import SCHEMA_VERSION
+from dpf_sched.ledger.sql.stores import PostgresStore, SqliteStore, Store
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store a ledger URL names (see the module docstring)."""
+    if not isinstance(url, str) or not url:
+        raise InvalidParameterError(f"ledger URL must be a non-empty string, got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        schema = query.pop("schema", None)
+        conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+        return PostgresStore(conninfo, schema=schema, create=create)
+    if scheme == "sqlite":
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            raise InvalidParameterError(f"a sqlite URL has no host: use sqlite:///path, got {url!r}")
+        if not path:
+            raise InvalidParameterError(f"sqlite URL without a path: {url!r}")
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - {"synchronous"}
+        if unknown:
+            raise InvalidParameterError(f"unknown sqlite URL options {sorted(unknown)} in {url!r}")
+        return SqliteStore(path, create=create, synchronous=query.get("synchronous", "full"))
+    if scheme and len(scheme) > 1:  # "C:" is a Windows drive, not a scheme
+        raise InvalidParameterError(f"unsupported ledger URL scheme {parts.scheme!r} in {url!r}: use sqlite/postgresql")
+    return SqliteStore(url, create=create)
+
+
+def open_ledger(
+    url: str,
+    composition: Composition | None = None,
+    *,
+    create: bool = True,
+    grant_timeout: float | None = 0.0,
+) -> SqlLedger:
+    """Open (or, with ``create`` and a ``composition``, create) the SQL ledger at ``url``."""
+    return SqlLedger(open_store(url, create=create), composition, create=create, grant_timeout=grant_timeout)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditReport",
+    "PostgresStore",
+    "SqlLedger",
+    "SqliteStore",
+    "Store",
+    "apply_entry",
+    "composition_descriptor",
+    "composition_from_descriptor",
+    "eps_delta_of",
+    "open_ledger",
+    "open_store",
+]

@@ -1,0 +1,830 @@
+"""The SQL ledger: every operation one transaction and one journal entry; state derivable from the journal.
+
+:class:`SqlLedger` keeps an in-memory mirror (a :class:`~dpf_sched.ledger.memory.MemoryLedger`) that is the
+replay of the journal up to the last entry it has seen; the policies read the mirror's arrays. A mutating
+operation, in one write transaction (serialised across processes by the store):
+
+1. catches the mirror up with the journal entries other processes committed since (so the invariants are
+   checked against the *current* database state),
+2. applies the operation to the mirror, which validates it and refuses it with a typed error without changing
+   anything (the transaction is then rolled back),
+3. writes the changed block and claim rows and appends the journal entry (``seq`` = previous + 1),
+4. commits; only then does the call return. A failure after step 2 rolls back and throws the mirror away (it is
+   rebuilt from the journal at the next access), so memory never runs ahead of what is durable.
+
+:meth:`SqlLedger.audit` replays the whole journal from scratch and compares it with the stored state and the
+invariants. Reads catch the mirror up first (one cheap query when nothing is new).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dpf_sched.block import Block
+from dpf_sched.budget import AlphaGrid, Budget, EpsDelta
+from dpf_sched.claim import Claim
+from dpf_sched.composition import BasicComposition, Composition, RenyiComposition
+from dpf_sched.errors import (
+    CompositionMismatchError,
+    DpfSchedError,
+    GrantLeaseError,
+    InvalidParameterError,
+    LedgerStorageError,
+    SchemaVersionError,
+)
+from dpf_sched.ledger.base import (
+    BlockBudgets,
+    ClaimRecord,
+    ClaimState,
+    ClaimStatus,
+    FloatArray,
+    IntArray,
+    InvariantViolation,
+    Ledger,
+)
+from dpf_sched.ledger.memory import MemoryLedger
+from dpf_sched.ledger.sql.schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION, TABLES, ddl
+from dpf_sched.ledger.sql.stores import Store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# ----- encoding -----------------------------------------------------------------------------------------------
+def to_blob(row: NDArray[Any]) -> bytes:
+    """A budget row (or rows) as little-endian float64 bytes: exact."""
+    return np.ascontiguousarray(row, dtype="<f8").tobytes()
+
+
+def from_blob(data: bytes, width: int) -> FloatArray:
+    """The rows stored by :func:`to_blob`, shape (n, width)."""
+    arr = np.frombuffer(bytes(data), dtype="<f8").astype(np.float64)
+    return arr.reshape(-1, width)
+
+
+def composition_descriptor(comp: Composition) -> dict[str, Any]:
+    """A JSON-able description of a composition, stored in ``dpf_meta``."""
+    if isinstance(comp, RenyiComposition):
+        return {"kind": "renyi", "orders": list(comp.grid.orders), "conversion": comp.conversion.value}
+    if isinstance(comp, BasicComposition):
+        return {"kind": "basic"}
+    raise InvalidParameterError(f"a SQL ledger stores basic or Rényi compositions, got {type(comp).__name__}")
+
+
+def composition_from_descriptor(desc: Mapping[str, Any]) -> Composition:
+    """The composition a descriptor names."""
+    if desc.get("kind") == "basic":
+        return BasicComposition()
+    if desc.get("kind") == "renyi":
+        return RenyiComposition(AlphaGrid(tuple(float(a) for a in desc["orders"])), desc.get("conversion", "classic"))
+    raise LedgerStorageError(f"unknown composition in the ledger's metadata: {desc!r}")
+
+
+def _dumps(obj: Any) -> str:
+    # allow_nan=False: only validated (finite) values are ever journaled.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, sort_keys=True)
+
+
+def apply_entry(mem: MemoryLedger, op: str, payload: Mapping[str, Any]) -> None:
+    """Apply one journal entry to a memory ledger (the replay of the journal is a sequence of these)."""
+    comp = mem.composition
+    value = comp.value
+    if op == "add_block":
+        g = payload["guarantee"]
+        mem.add_block(
+            Block(
+                payload["id"],
+                value(np.array(payload["capacity"], dtype=np.float64)),
+                created=payload["created"],
+                attributes=payload["attributes"],
+                guarantee=None if g is None else EpsDelta(g[0], g[1]),
+            )
+        )
+    elif op == "unlock":
+        mem.unlock_to(np.array(payload["idx"], dtype=np.int64), np.array(payload["fractions"], dtype=np.float64))
+    elif op == "retire":
+        mem.retire(payload["block"])
+    elif op == "add_claim":
+        demand = {
+            b: value(np.array(r, dtype=np.float64)) for b, r in zip(payload["blocks"], payload["demand"], strict=True)
+        }
+        mem.add_claim(
+            Claim(
+                payload["id"],
+                demand,
+                arrival=payload["arrival"],
+                timeout=payload["timeout"],
+                owner=payload["owner"],
+                weight=payload["weight"],
+            )
+        )
+    elif op == "allocate":
+        mem.allocate(payload["claim"], payload["now"])
+    elif op == "reject":
+        mem.reject(payload["claim"], payload["now"], payload["reason"])
+    elif op == "consume":
+        amounts = payload["amounts"]
+        mem.consume(
+            payload["claim"],
+            None if amounts is None else {b: value(np.array(r, dtype=np.float64)) for b, r in amounts.items()},
+            payload["now"],
+            request_id=payload.get("request_id"),
+        )
+    elif op == "release":
+        mem.release(payload["claim"], payload["now"], request_id=payload.get("request_id"))
+    else:
+        raise LedgerStorageError(f"unknown journal operation {op!r}")
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The result of :meth:`SqlLedger.audit`: what was checked and every discrepancy found."""
+
+    where: str
+    schema_version: int
+    journal_entries: int
+    blocks: int
+    claims: int
+    problems: tuple[str, ...]
+    violations: tuple[InvariantViolation, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the journal replays, matches the stored state, and no invariant is broken."""
+        return not self.problems and not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form."""
+        return {
+            "where": self.where,
+            "ok": self.ok,
+            "schema_version": self.schema_version,
+            "journal_entries": self.journal_entries,
+            "blocks": self.blocks,
+            "claims": self.claims,
+            "problems": list(self.problems),
+            "violations": [str(v) for v in self.violations],
+        }
+
+
+class SqlLedger(Ledger):
+    """A durable ledger on a :class:`~dpf_sched.ledger.sql.stores.Store` (SQLite or PostgreSQL).
+
+    Parameters
+    ----------
+    store
+        The open connection; the ledger owns it (:meth:`close` closes it).
+    composition
+        Required to create a new ledger; for an existing one it is read from the database (and, when given,
+        must be the same).
+    create
+        Create the schema in an empty database; otherwise an empty database is an error.
+    grant_timeout
+        Seconds :meth:`allocate` waits for the grant lease held by another scheduler loop before it raises
+        :class:`~dpf_sched.errors.GrantLeaseError` (``None``: wait forever).
+
+    One object per thread. Operations return only after their transaction has committed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        composition: Composition | None = None,
+        *,
+        create: bool = True,
+        grant_timeout: float | None = 0.0,
+    ) -> None:
+        self._store = store
+        self.grant_timeout = grant_timeout
+        self._before_commit: Callable[[], None] | None = None  # test hook: runs inside the write transaction
+        try:
+            self.composition = self._open_schema(composition, create)
+        except BaseException:
+            store.close()
+            raise
+        self._mem = MemoryLedger(self.composition)
+        self._seq = 0
+        self._stale = False
+        self._sync()
+
+    # ----- schema -------------------------------------------------------------------------------------------
+    def _open_schema(self, composition: Composition | None, create: bool) -> Composition:
+        st = self._store
+        tables = st.table_names()
+        ours = set(TABLES)
+        if not tables & ours:
+            if tables:
+                raise LedgerStorageError(
+                    f"{st.describe()} is a foreign database: it holds tables {sorted(tables)} but no dpf_sched ledger"
+                )
+            if not create:
+                raise LedgerStorageError(f"{st.describe()} holds no ledger (create one with `dpf-sched ledger init`)")
+            if composition is None:
+                raise InvalidParameterError(f"{st.describe()} is empty: a composition is needed to create a ledger")
+            self._create(composition)
+            tables = st.table_names()
+        if "dpf_meta" not in tables or "dpf_schema_version" not in tables:
+            raise LedgerStorageError(
+                f"{st.describe()}: not a dpf_sched ledger or an incomplete one (tables {sorted(tables)})"
+            )
+        meta = dict(self._meta())
+        if meta.get("application") != APPLICATION:
+            raise LedgerStorageError(f"{st.describe()} is a foreign database (application {meta.get('application')!r})")
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{st.describe()} has schema version {version}, newer than this library's {SCHEMA_VERSION}: "
+                "upgrade dpf_sched to open it"
+            )
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+        missing = ours - st.table_names()
+        if missing:
+            raise LedgerStorageError(f"{st.describe()}: the ledger is missing tables {sorted(missing)}")
+        try:
+            stored = composition_from_descriptor(json.loads(meta["composition"]))
+        except (KeyError, ValueError, TypeError, DpfSchedError) as e:
+            raise LedgerStorageError(f"{st.describe()}: unreadable composition in the ledger's metadata: {e}") from e
+        if composition is not None and composition_descriptor(composition) != composition_descriptor(stored):
+            raise CompositionMismatchError(
+                f"{st.describe()} is a {composition_descriptor(stored)} ledger, "
+                f"not {composition_descriptor(composition)}"
+            )
+        return stored
+
+    def _meta(self) -> list[tuple[Any, ...]]:
+        return self._store.execute("SELECT key, value FROM dpf_meta")
+
+    def schema_version(self) -> int:
+        """The database's schema version (the highest recorded)."""
+        rows = self._store.execute("SELECT MAX(version) FROM dpf_schema_version")
+        if not rows or rows[0][0] is None:
+            raise LedgerStorageError(f"{self._store.describe()}: the schema version table is empty")
+        return int(rows[0][0])
+
+    def _create(self, composition: Composition) -> None:
+        st = self._store
+        desc = composition_descriptor(composition)
+        st.begin_write()
+        try:
+            if not st.table_names() & set(TABLES):  # another process may have created it meanwhile
+                for stmt in ddl(st.blob, st.real):
+                    st.execute(stmt)
+                st.execute(
+                    "INSERT INTO dpf_schema_version (version, applied_at) VALUES (?, ?)", (SCHEMA_VERSION, time.time())
+                )
+                st.executemany(
+                    "INSERT INTO dpf_meta (key, value) VALUES (?, ?)",
+                    [("application", APPLICATION), ("composition", _dumps(desc)), ("created_at", repr(time.time()))],
+                )
+            st.commit()
+        except BaseException:
+            st.rollback()
+            raise
+        st.after_create()
+        logger.info("created ledger %s (%s)", st.describe(), desc)
+
+    def _migrate(self, version: int) -> None:
+        """Run the forward migrations from ``version`` to :data:`SCHEMA_VERSION` in one transaction."""
+        st = self._store
+        st.begin_write()
+        try:
+            current = self.schema_version()
+            for v in range(current, SCHEMA_VERSION):
+                step = MIGRATIONS.get(v)
+                if step is None:
+                    raise SchemaVersionError(f"{st.describe()}: no migration from schema version {v} to {v + 1}")
+                step(st)
+                st.execute("INSERT INTO dpf_schema_version (version, applied_at) VALUES (?, ?)", (v + 1, time.time()))
+                logger.info("migrated ledger %s to schema version %d", st.describe(), v + 1)
+            st.commit()
+        except BaseException:
+            st.rollback()
+            raise
+
+    # ----- the mirror ---------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._mem = MemoryLedger(self.composition)
+        self._seq = 0
+        self._stale = False
+
+    def _catch_up(self) -> None:
+        """Apply the journal entries committed since the mirror's last one."""
+        if self._stale:
+            self._reset()
+        rows = self._store.execute("SELECT seq, op, payload FROM dpf_journal WHERE seq > ? ORDER BY seq", (self._seq,))
+        for seq, op, payload in rows:
+            if int(seq) != self._seq + 1:
+                self._stale = True
+                raise LedgerStorageError(f"{self._store.describe()}: journal gap: entry {seq} follows {self._seq}")
+            try:
+                apply_entry(self._mem, str(op), json.loads(payload))
+            except (DpfSchedError, ValueError, KeyError, TypeError) as e:
+                self._stale = True
+                raise LedgerStorageError(
+                    f"{self._store.describe()}: journal entry {seq} ({op}) does not replay: {e}"
+                ) from e
+            self._seq = int(seq)
+
+    def _sync(self) -> MemoryLedger:
+        self._catch_up()
+        return self._mem
+
+    def _write(
+        self, run: Callable[[MemoryLedger], T], record: Callable[[T], tuple[str, dict[str, Any], str | None] | None]
+    ) -> T:
+        """One write transaction: catch up, ``run`` on the mirror, ``record`` the rows and journal, commit.
+
+        ``record`` writes the changed rows (it may return ``None`` when nothing changed) and returns the
+        journal entry (operation, payload, request id).
+        """
+        st = self._store
+        st.begin_write()
+        changed = False
+        try:
+            self._catch_up()
+            result = run(self._mem)  # validates; a refusal changes nothing
+            changed = True
+            entry = record(result)
+            if entry is None:
+                st.rollback()
+                return result
+            op, payload, request_id = entry
+            seq = self._seq + 1
+            st.execute(
+                "INSERT INTO dpf_journal (seq, op, payload, request_id, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                (seq, op, _dumps(payload), request_id, time.time()),
+            )
+            if self._before_commit is not None:
+                self._before_commit()
+            st.commit()
+        except BaseException:
+            st.rollback()
+            if changed:
+                self._stale = True  # the mirror ran ahead of what is durable: rebuild it from the journal
+            raise
+        self._seq = seq
+        return result
+
+    # ----- row writers --------------------------------------------------------------------------------------
+    def _block_state(self, i: int) -> tuple[Any, ...]:
+        m = self._mem
+        return (
+            to_blob(m.locked[i]),
+            to_blob(m.unlocked[i]),
+            to_blob(m.allocated[i]),
+            to_blob(m.consumed[i]),
+            float(m.unlocked_fraction[i]),
+            int(bool(m.retired_mask[i])),
+        )
+
+    def _put_blocks(self, indices: Sequence[int]) -> None:
+        seq = self._seq + 1
+        self._store.executemany(
+            "UPDATE dpf_blocks SET locked = ?, unlocked = ?, allocated = ?, consumed = ?, unlocked_fraction = ?, "
+            "retired = ?, seq = ? WHERE idx = ?",
+            [(*self._block_state(i), seq, i) for i in sorted(set(indices))],
+        )
+
+    def _put_claim(self, claim_id: str) -> None:
+        e = self._mem._entry(claim_id)
+        self._store.execute(
+            "UPDATE dpf_claims SET state = ?, granted_at = ?, decided_at = ?, reason = ?, remaining = ?, consumed = ?, "
+            "seq = ? WHERE id = ?",
+            (
+                e.state.value,
+                e.granted_at,
+                e.decided_at,
+                e.reason,
+                to_blob(e.remaining),
+                to_blob(e.consumed),
+                self._seq + 1,
+                claim_id,
+            ),
+        )
+
+    def _put_claim_and_blocks(self, claim_id: str) -> None:
+        self._put_claim(claim_id)
+        self._put_blocks([int(i) for i in self._mem._entry(claim_id).idx])
+
+    # ----- blocks -------------------------------------------------------------------------------------------
+    def add_block(self, block: Block) -> int:
+        attributes: dict[str, Any] = {}
+        if isinstance(block, Block):
+            try:
+                attributes = json.loads(_dumps(dict(block.attributes)))
+            except (TypeError, ValueError) as e:
+                raise InvalidParameterError(f"block {block.id}: attributes must be JSON values: {e}") from None
+
+        def record(i: int) -> tuple[str, dict[str, Any], None]:
+            row = self._mem.capacity[i]
+            g = block.guarantee
+            self._store.execute(
+                "INSERT INTO dpf_blocks (idx, id, created, attributes, guarantee, capacity, locked, unlocked, "
+                "allocated, consumed, unlocked_fraction, retired, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    i,
+                    block.id,
+                    block.created,
+                    _dumps(attributes),
+                    None if g is None else _dumps([g.epsilon, g.delta]),
+                    to_blob(row),
+                    *self._block_state(i)[:5],
+                    0,
+                    self._seq + 1,
+                ),
+            )
+            payload = {
+                "id": block.id,
+                "capacity": row.tolist(),
+                "created": block.created,
+                "attributes": attributes,
+                "guarantee": None if g is None else [g.epsilon, g.delta],
+            }
+            return "add_block", payload, None
+
+        return self._write(lambda m: m.add_block(block), record)
+
+    def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
+        def record(grew: IntArray) -> tuple[str, dict[str, Any], None] | None:
+            if grew.size == 0:
+                return None
+            self._put_blocks(grew.tolist())
+            fr = self._mem.unlocked_fraction[grew]
+            # The blocks that grew and their new cumulative fractions: replaying this call gives the same rows.
+            return "unlock", {"idx": grew.tolist(), "fractions": fr.tolist()}, None
+
+        return self._write(lambda m: m.unlock_to(block_indices, fractions), record)
+
+    def retire(self, block_id: str) -> None:
+        was: list[bool] = []
+
+        def run(m: MemoryLedger) -> None:
+            i = m.block_index(block_id)
+            was.append(bool(m.retired_mask[i]))
+            m.retire(block_id)
+
+        def record(_: None) -> tuple[str, dict[str, Any], None] | None:
+            if was[0]:
+                return None
+            self._put_blocks([self._mem.block_index(block_id)])
+            return "retire", {"block": block_id}, None
+
+        self._write(run, record)
+
+    def block(self, block_id: str) -> Block:
+        return self._sync().block(block_id)
+
+    def blocks(self) -> Iterator[Block]:
+        return self._sync().blocks()
+
+    def block_index(self, block_id: str) -> int:
+        return self._sync().block_index(block_id)
+
+    def budgets(self, block_id: str) -> BlockBudgets:
+        return self._sync().budgets(block_id)
+
+    # ----- read-only arrays ---------------------------------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return self._sync().n_blocks
+
+    @property
+    def capacity(self) -> FloatArray:
+        return self._sync().capacity
+
+    @property
+    def locked(self) -> FloatArray:
+        """(n_blocks, width) locked budget, read-only."""
+        return self._sync().locked
+
+    @property
+    def unlocked(self) -> FloatArray:
+        return self._sync().unlocked
+
+    @property
+    def allocated(self) -> FloatArray:
+        """(n_blocks, width) allocated budget, read-only."""
+        return self._sync().allocated
+
+    @property
+    def consumed(self) -> FloatArray:
+        return self._sync().consumed
+
+    @property
+    def unlocked_fraction(self) -> FloatArray:
+        return self._sync().unlocked_fraction
+
+    @property
+    def created(self) -> FloatArray:
+        return self._sync().created
+
+    @property
+    def retired_mask(self) -> NDArray[np.bool_]:
+        return self._sync().retired_mask
+
+    # ----- claims -------------------------------------------------------------------------------------------
+    def add_claim(self, claim: Claim) -> tuple[IntArray, FloatArray]:
+        def record(result: tuple[IntArray, FloatArray]) -> tuple[str, dict[str, Any], None]:
+            _, demand = result
+            pos = self._seq + 1
+            self._store.execute(
+                "INSERT INTO dpf_claims (pos, id, owner, arrival, timeout, weight, blocks, demand, state, granted_at, "
+                "decided_at, reason, remaining, consumed, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pos,
+                    claim.id,
+                    claim.owner,
+                    claim.arrival,
+                    claim.timeout,
+                    claim.weight,
+                    _dumps(list(claim.blocks)),
+                    to_blob(demand),
+                    ClaimState.WAITING.value,
+                    None,
+                    None,
+                    None,
+                    to_blob(np.zeros_like(demand)),
+                    to_blob(np.zeros_like(demand)),
+                    pos,
+                ),
+            )
+            payload = {
+                "id": claim.id,
+                "blocks": list(claim.blocks),
+                "demand": demand.tolist(),
+                "arrival": claim.arrival,
+                "timeout": claim.timeout,
+                "owner": claim.owner,
+                "weight": claim.weight,
+            }
+            return "add_claim", payload, None
+
+        return self._write(lambda m: m.add_claim(claim), record)
+
+    def hold_grant_lease(self, timeout: float | None = None) -> None:
+        """Take the right to grant (one scheduler loop at a time); wait up to ``timeout`` seconds.
+
+        Raises :class:`~dpf_sched.errors.GrantLeaseError` when another loop keeps it. :meth:`allocate` takes
+        the lease on its first call (waiting ``grant_timeout``); it is held until :meth:`close`.
+        """
+        t = self.grant_timeout if timeout is None else timeout
+        if not self._store.acquire_grant_lease(t):
+            raise GrantLeaseError(
+                f"another scheduler loop holds the right to grant on {self._store.describe()} "
+                f"(waited {t if t is not None else 'forever'} s); only one may grant at a time"
+            )
+
+    def release_grant_lease(self) -> None:
+        """Give the right to grant back."""
+        self._store.release_grant_lease()
+
+    def allocate(self, claim_id: str, now: float) -> None:
+        self.hold_grant_lease()
+
+        def record(_: None) -> tuple[str, dict[str, Any], None]:
+            self._put_claim_and_blocks(claim_id)
+            return "allocate", {"claim": claim_id, "now": float(now)}, None
+
+        self._write(lambda m: m.allocate(claim_id, now), record)
+
+    def reject(self, claim_id: str, now: float, reason: str) -> None:
+        def record(_: None) -> tuple[str, dict[str, Any], None]:
+            self._put_claim(claim_id)
+            return "reject", {"claim": claim_id, "now": float(now), "reason": str(reason)}, None
+
+        self._write(lambda m: m.reject(claim_id, now, reason), record)
+
+    def consume(
+        self,
+        claim_id: str,
+        amounts: Mapping[str, Budget] | None = None,
+        now: float = 0.0,
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        retry: list[bool] = []
+
+        def run(m: MemoryLedger) -> None:
+            retry.append(request_id is not None and m.has_request(request_id))
+            m.consume(claim_id, amounts, now, request_id=request_id)  # a retry: checked, then no effect
+
+        def record(_: None) -> tuple[str, dict[str, Any], str | None] | None:
+            if retry[0]:
+                return None
+            self._put_claim_and_blocks(claim_id)
+            row = self.composition.row
+            rows = None if amounts is None else {b: row(v).tolist() for b, v in amounts.items()}
+            payload = {"claim": claim_id, "amounts": rows, "now": float(now), "request_id": request_id}
+            return "consume", payload, request_id
+
+        self._write(run, record)
+
+    def release(self, claim_id: str, now: float = 0.0, *, request_id: str | None = None) -> None:
+        retry: list[bool] = []
+
+        def run(m: MemoryLedger) -> None:
+            retry.append(request_id is not None and m.has_request(request_id))
+            m.release(claim_id, now, request_id=request_id)
+
+        def record(_: None) -> tuple[str, dict[str, Any], str | None] | None:
+            if retry[0]:
+                return None
+            self._put_claim_and_blocks(claim_id)
+            return "release", {"claim": claim_id, "now": float(now), "request_id": request_id}, request_id
+
+        self._write(run, record)
+
+    def has_request(self, request_id: str) -> bool:
+        """True when a consume or release with this request id is in the ledger (committed)."""
+        return self._sync().has_request(request_id)
+
+    def state(self, claim_id: str) -> ClaimState:
+        return self._sync().state(claim_id)
+
+    def status(self, claim_id: str) -> ClaimStatus:
+        return self._sync().status(claim_id)
+
+    def claim(self, claim_id: str) -> ClaimRecord:
+        return self._sync().claim(claim_id)
+
+    def claim_ids(self) -> Iterator[str]:
+        return self._sync().claim_ids()
+
+    # ----- audit --------------------------------------------------------------------------------------------
+    def violations(self) -> list[InvariantViolation]:
+        return self._sync().violations()
+
+    @property
+    def journal_length(self) -> int:
+        """Number of journal entries the mirror has applied (after catching up)."""
+        self._sync()
+        return self._seq
+
+    def audit(self) -> AuditReport:
+        """Replay the whole journal from scratch; compare with the stored state and check every invariant.
+
+        Read in one consistent snapshot. Problems are reported, never repaired.
+        """
+        st = self._store
+        problems: list[str] = []
+        st.begin_read()
+        try:
+            version = self.schema_version()
+            journal = st.execute("SELECT seq, op, payload FROM dpf_journal ORDER BY seq")
+            blocks = st.execute(
+                "SELECT idx, id, created, capacity, locked, unlocked, allocated, consumed, unlocked_fraction, retired "
+                "FROM dpf_blocks ORDER BY idx"
+            )
+            claims = st.execute(
+                "SELECT pos, id, state, granted_at, decided_at, reason, demand, remaining, consumed "
+                "FROM dpf_claims ORDER BY pos"
+            )
+        finally:
+            st.rollback()
+        if version != SCHEMA_VERSION:
+            problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
+        mem = MemoryLedger(self.composition)
+        for k, (seq, op, payload) in enumerate(journal, start=1):
+            if int(seq) != k:
+                problems.append(f"journal entry {seq} where {k} was expected (gap or reordering)")
+                break
+            try:
+                apply_entry(mem, str(op), json.loads(payload))
+            except (DpfSchedError, ValueError, KeyError, TypeError) as e:
+                problems.append(f"journal entry {seq} ({op}) does not replay: {e}")
+                break
+        problems.extend(self._compare_blocks(mem, blocks))
+        problems.extend(self._compare_claims(mem, claims))
+        violations = list(mem.violations()) + self._stored_violations(blocks, _throughput(mem))
+        return AuditReport(
+            where=st.describe(),
+            schema_version=version,
+            journal_entries=len(journal),
+            blocks=len(blocks),
+            claims=len(claims),
+            problems=tuple(problems),
+            violations=tuple(violations),
+        )
+
+    def _compare_blocks(self, mem: MemoryLedger, rows: list[tuple[Any, ...]]) -> list[str]:
+        w = self.composition.width
+        out: list[str] = []
+        ids = [b.id for b in mem.blocks()]
+        if [str(r[1]) for r in rows] != ids or [int(r[0]) for r in rows] != list(range(len(ids))):
+            return [f"stored blocks {[r[1] for r in rows]} ≠ journal's blocks {ids}"]
+        arrays = {
+            "capacity": mem.capacity,
+            "locked": mem.locked,
+            "unlocked": mem.unlocked,
+            "allocated": mem.allocated,
+            "consumed": mem.consumed,
+        }
+        for r in rows:
+            i, bid = int(r[0]), str(r[1])
+            if float(r[2]) != float(mem.created[i]):
+                out.append(f"block {bid}: stored creation time {r[2]} ≠ journal's {mem.created[i]}")
+            for k, name in enumerate(arrays, start=3):
+                stored = from_blob(r[k], w)
+                if stored.shape != (1, w) or not np.array_equal(stored[0], arrays[name][i]):
+                    out.append(
+                        f"block {bid}: stored {name} {stored.ravel().tolist()} ≠ journal's {arrays[name][i].tolist()}"
+                    )
+            if float(r[8]) != float(mem.unlocked_fraction[i]):
+                out.append(f"block {bid}: stored unlocked fraction {r[8]} ≠ journal's {mem.unlocked_fraction[i]}")
+            if bool(r[9]) != bool(mem.retired_mask[i]):
+                out.append(f"block {bid}: stored retired={bool(r[9])} ≠ journal's {bool(mem.retired_mask[i])}")
+        return out
+
+    def _compare_claims(self, mem: MemoryLedger, rows: list[tuple[Any, ...]]) -> list[str]:
+        w = self.composition.width
+        out: list[str] = []
+        ids = list(mem.claim_ids())
+        if [str(r[1]) for r in rows] != ids:
+            return [f"stored claims ({len(rows)}) ≠ journal's claims ({len(ids)})"]
+        for r in rows:
+            cid = str(r[1])
+            e = mem._entry(cid)
+            seen = (str(r[2]), r[3], r[4], r[5])
+            want = (e.state.value, e.granted_at, e.decided_at, e.reason)
+            if seen != want:
+                out.append(f"claim {cid}: stored (state, granted_at, decided_at, reason) {seen} ≠ journal's {want}")
+            for k, name, arr in ((6, "demand", e.demand), (7, "remaining", e.remaining), (8, "consumed", e.consumed)):
+                stored = from_blob(r[k], w)
+                if stored.shape != arr.shape or not np.array_equal(stored, arr):
+                    out.append(f"claim {cid}: stored {name} {stored.tolist()} ≠ journal's {np.asarray(arr).tolist()}")
+        return out
+
+    def _stored_violations(
+        self, rows: list[tuple[Any, ...]], through: np.ndarray[Any, Any]
+    ) -> list[InvariantViolation]:
+        """Invariants 1 and 2 on the stored rows themselves (independently of the journal).
+
+        ``through`` is the demand that ever flowed through each block (granted claims): rounding error grows
+        with it, not with what the buckets hold now, so the tolerance does too (as in ``MemoryLedger``).
+        """
+        w = self.composition.width
+        out: list[InvariantViolation] = []
+        for i, r in enumerate(rows):
+            try:
+                cap, L, U, A, C = (from_blob(r[k], w)[0] for k in range(3, 8))
+            except (ValueError, IndexError):
+                out.append(InvariantViolation(1, f"stored block {r[1]}", "malformed budget rows"))
+                continue
+            flow = through[i] if i < through.shape[0] else 0.0
+            tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C) + flow) + 1e-300
+            if not np.all(np.isfinite(L + U + A + C)) or (np.abs(L + U + A + C - cap) > tol).any():
+                out.append(
+                    InvariantViolation(1, f"stored block {r[1]}", "locked+unlocked+allocated+consumed ≠ capacity")
+                )
+            if not bool(self.composition.within((A + C)[None, :], cap[None, :])[0]):
+                out.append(InvariantViolation(2, f"stored block {r[1]}", "allocated+consumed exceeds the capacity"))
+        return out
+
+    # ----- life cycle ---------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """Where the ledger lives."""
+        return self._store.describe()
+
+    def close(self) -> None:
+        """Close the connection (and give the grant lease back)."""
+        self._store.close()
+
+    def __enter__(self) -> SqlLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def eps_delta_of(budget: Budget, delta: float) -> EpsDelta | None:
+    """The (ε, δ) guarantee of a Rényi budget at ``delta`` (``None`` when it gives none), for reports."""
+    from dpf_sched.budget import RenyiCurve
+
+    if not isinstance(budget, RenyiCurve):
+        return budget if isinstance(budget, EpsDelta) else None
+    try:
+        eps = budget.to_eps_delta(delta)
+    except DpfSchedError:
+        return None
+    return eps if math.isfinite(eps.epsilon) else None
+
+
+def _throughput(mem: MemoryLedger) -> np.ndarray[Any, Any]:
+    """Per block, the demand of every claim ever granted on it (the flow that rounding error scales with)."""
+    through = np.zeros_like(mem.capacity)
+    for cid in mem.claim_ids():
+        e = mem._entry(cid)
+        if e.state not in (ClaimState.WAITING, ClaimState.REJECTED):
+            np.add.at(through, e.idx, e.demand)
+    return through

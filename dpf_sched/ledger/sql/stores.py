@@ -1,0 +1,377 @@
+"""Storage connections of the SQL ledger: SQLite (stdlib) and PostgreSQL (psycopg 3), behind one small seam.
+
+A :class:`Store` runs statements written with ``?`` placeholders, opens *write transactions* that are
+serialised across every process using the database (so a write sees every earlier commit and the journal's
+``seq`` grows without gaps), and holds the *grant lease*: the right to grant, which one scheduler loop at a time
+may hold.
+
+* SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` and then ``BEGIN IMMEDIATE``
+  (SQLite's own write lock, with a busy timeout, as the backstop). The kernel wakes a waiting writer at once,
+  where SQLite's busy handler sleeps and retries; that keeps the tail latency low with many processes. The
+  grant lease is an ``flock`` on ``<db>-grant.lock``, released by the kernel when its holder dies. The database
+  runs in WAL mode with ``synchronous=FULL`` by default: each commit is fsynced before it is acknowledged.
+* PostgreSQL: a write transaction takes ``pg_advisory_xact_lock`` (released at commit or rollback); the grant
+  lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends.
+
+Driver errors become :class:`~dpf_sched.errors.LedgerStorageError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+import zlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+from dpf_sched.errors import InvalidParameterError, LedgerStorageError
+
+logger = logging.getLogger(__name__)
+
+#: Advisory-lock class ids on PostgreSQL (the object id is a hash of the ledger's schema).
+_PG_WRITE_LOCK = 0x0DBF0001
+_PG_GRANT_LOCK = 0x0DBF0002
+#: Poll period while waiting for the grant lease.
+_POLL_S = 0.02
+
+
+class Store(ABC):
+    """One connection to a ledger database (not shared between threads or processes)."""
+
+    dialect: str
+    blob: str
+    real: str
+
+    @abstractmethod
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (``?`` placeholders); return its rows (empty when it returns none)."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement for each parameter tuple."""
+
+    @abstractmethod
+    def begin_write(self) -> None:
+        """Start a write transaction, waiting for every other writer to finish first."""
+
+    @abstractmethod
+    def begin_read(self) -> None:
+        """Start a read transaction that sees one consistent snapshot."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Commit (durably) and end the transaction."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Roll back and end the transaction; never raises."""
+
+    @abstractmethod
+    def table_names(self) -> set[str]:
+        """Names of the tables the ledger's namespace holds (the file, or the PostgreSQL schema)."""
+
+    @abstractmethod
+    def try_grant_lease(self) -> bool:
+        """Take the grant lease if nobody holds it; True when this connection holds it now."""
+
+    @abstractmethod
+    def release_grant_lease(self) -> None:
+        """Give the grant lease back (no-op when not held)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (gives the grant lease back)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the ledger lives, for messages."""
+
+    def after_create(self) -> None:  # noqa: B027 - optional hook
+        """Called once the schema exists (SQLite switches to WAL here, never on a file it does not own)."""
+
+    def acquire_grant_lease(self, timeout: float | None) -> bool:
+        """Take the grant lease, waiting up to ``timeout`` seconds (``None``: forever); False on time-out."""
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self.try_grant_lease():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_S)
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a side file; the kernel releases it when the process dies."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self.fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class SqliteStore(Store):
+    """A SQLite database file (or ``:memory:``).
+
+    Parameters
+    ----------
+    path
+        The database file, or ``":memory:"`` (one connection only: no locking, no durability).
+    create
+        Create the file when it does not exist; otherwise a missing file is an error.
+    synchronous
+        ``"full"`` (default: every commit fsyncs the WAL before it returns, so an acknowledged operation
+        survives a power loss) or ``"normal"`` (survives a crash of the process, not of the machine).
+    busy_timeout
+        Seconds SQLite itself waits for its write lock (a backstop: the side-file lock orders writers first).
+    """
+
+    dialect = "sqlite"
+    blob = "BLOB"
+    real = "REAL"
+
+    def __init__(
+        self, path: str, *, create: bool = True, synchronous: str = "full", busy_timeout: float = 60.0
+    ) -> None:
+        sync = str(synchronous).lower()
+        if sync not in ("full", "normal"):
+            raise InvalidParameterError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        self.path = str(path)
+        self.memory = self.path == ":memory:"
+        if not self.memory and not create and not os.path.exists(self.path):
+            raise LedgerStorageError(f"no ledger database at {self.path}")
+        if not self.memory and os.path.isdir(self.path):
+            raise LedgerStorageError(f"{self.path} is a directory, not a ledger database")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self.conn.execute(f"PRAGMA synchronous={sync.upper()}")
+        except sqlite3.DatabaseError as e:
+            raise LedgerStorageError(
+                f"{self.path} is not a usable SQLite database (corrupted or not a database file): {e}"
+            ) from e
+        except sqlite3.Error as e:
+            raise LedgerStorageError(f"cannot open SQLite database {self.path}: {e}") from e
+        self._write_lock = None if self.memory else _FileLock(self.path + "-write.lock")
+        self._grant_lock = None if self.memory else _FileLock(self.path + "-grant.lock")
+        self._in_tx = False
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise LedgerStorageError(f"{self.describe()}: {e}") from e
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            self.conn.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise LedgerStorageError(f"{self.describe()}: {e}") from e
+
+    def begin_write(self) -> None:
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException as e:
+            if self._write_lock is not None:
+                self._write_lock.release()
+            if isinstance(e, sqlite3.Error):
+                raise LedgerStorageError(f"{self.describe()}: cannot start a write transaction: {e}") from e
+            raise
+        self._in_tx = True
+
+    def begin_read(self) -> None:
+        self.execute("BEGIN")
+        self._in_tx = True
+
+    def commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise LedgerStorageError(f"{self.describe()}: commit failed: {e}") from e
+        finally:
+            self._end()
+
+    def rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            logger.warning("rollback on %s failed: %s", self.describe(), e)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self._in_tx = False
+        if self._write_lock is not None:
+            self._write_lock.release()
+            # flock is not fair: a writer that re-locks at once would win again and again while the others
+            # starve. Yielding the CPU after each write lets a woken waiter run first (it bounds the tail).
+            os.sched_yield()
+
+    def table_names(self) -> set[str]:
+        try:
+            rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise LedgerStorageError(
+                f"{self.path} is not a usable SQLite database (corrupted or not a database file): {e}"
+            ) from e
+        return {str(r[0]) for r in rows}
+
+    def after_create(self) -> None:
+        if self.memory:
+            return
+        mode = self.execute("PRAGMA journal_mode=WAL")
+        if not mode or str(mode[0][0]).lower() != "wal":
+            raise LedgerStorageError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+
+    def try_grant_lease(self) -> bool:
+        return True if self._grant_lock is None else self._grant_lock.acquire(blocking=False)
+
+    def release_grant_lease(self) -> None:
+        if self._grant_lock is not None:
+            self._grant_lock.release()
+
+    def close(self) -> None:
+        self.release_grant_lease()
+        if self._write_lock is not None:
+            self._write_lock.release()
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database; the ledger's tables live in ``schema`` (default: the connection's ``public``).
+
+    Parameters
+    ----------
+    conninfo
+        A libpq connection string or ``postgresql://`` URL (without the ``schema`` parameter).
+    schema
+        The schema holding the ledger's tables; created when ``create`` and missing.
+    create
+        Create the schema when it does not exist.
+    """
+
+    dialect = "postgresql"
+    blob = "BYTEA"
+    real = "DOUBLE PRECISION"
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True) -> None:
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - depends on the extra
+            raise LedgerStorageError("the PostgreSQL ledger needs psycopg 3: pip install 'dpf-sched[postgres]'") from e
+        self._psycopg = psycopg
+        self.conninfo = conninfo
+        self.schema = schema or "public"
+        if not self.schema.replace("_", "").isalnum() or not self.schema[0].isalpha():
+            raise InvalidParameterError(f"schema name must be a plain identifier, got {self.schema!r}")
+        self._key = zlib.crc32(self.schema.encode()) & 0x7FFFFFFF
+        try:
+            self.conn = psycopg.connect(conninfo, autocommit=True)
+            if create:
+                self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            self.conn.execute(f'SET search_path TO "{self.schema}"')
+        except psycopg.Error as e:
+            raise LedgerStorageError(f"cannot connect to PostgreSQL ledger {self.describe()}: {e}") from e
+        self._grant_held = False
+
+    def describe(self) -> str:
+        return f"postgresql (schema {self.schema})"
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _fail(self, e: Exception, what: str) -> LedgerStorageError:
+        if self.conn.closed or self.conn.broken:
+            self._grant_held = False
+            return LedgerStorageError(f"{self.describe()}: connection lost during {what}: {e}")
+        return LedgerStorageError(f"{self.describe()}: {what} failed: {e}")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            cur = self.conn.execute(self._sql(sql), params, prepare=True)
+            return cur.fetchall() if cur.description is not None else []
+        except self._psycopg.Error as e:
+            raise self._fail(e, "a statement") from e
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.executemany(self._sql(sql), rows)
+        except self._psycopg.Error as e:
+            raise self._fail(e, "a statement") from e
+
+    def begin_write(self) -> None:
+        self.execute("BEGIN")
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(?, ?)", (_PG_WRITE_LOCK, self._key))
+        except BaseException:
+            self.rollback()
+            raise
+
+    def begin_read(self) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except self._psycopg.Error as e:
+            raise self._fail(e, "commit") from e
+
+    def rollback(self) -> None:
+        try:
+            if not self.conn.closed and not self.conn.broken:
+                self.conn.execute("ROLLBACK")
+        except self._psycopg.Error as e:
+            logger.warning("rollback on %s failed: %s", self.describe(), e)
+
+    def table_names(self) -> set[str]:
+        rows = self.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (self.schema,))
+        return {str(r[0]) for r in rows}
+
+    def try_grant_lease(self) -> bool:
+        if self._grant_held:
+            return True
+        rows = self.execute("SELECT pg_try_advisory_lock(?, ?)", (_PG_GRANT_LOCK, self._key))
+        self._grant_held = bool(rows[0][0])
+        return self._grant_held
+
+    def release_grant_lease(self) -> None:
+        if self._grant_held and not self.conn.closed and not self.conn.broken:
+            with contextlib.suppress(LedgerStorageError):
+                self.execute("SELECT pg_advisory_unlock(?, ?)", (_PG_GRANT_LOCK, self._key))
+        self._grant_held = False
+
+    def close(self) -> None:
+        self._grant_held = False
+        with contextlib.suppress(Exception):
+            self.conn.close()
