@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import pandas as pd
 
+from dpf_sched.composition import Composition
 from dpf_sched.errors import DpfSchedError, InvalidParameterError
+from dpf_sched.ledger.base import Ledger
 from dpf_sched.policies.registry import available, get_policy_class
+from dpf_sched.properties import Property, search_counterexamples
 from dpf_sched.sim.compare import (
     DEFAULT_N_GRID,
     DEFAULT_POLICIES,
@@ -83,14 +87,45 @@ def main(verbose: int) -> None:
     show_default=True,
     help="batch simulator, online scheduler pass by pass, or batch whenever the policy allows (same results).",
 )
+@click.option(
+    "--ledger",
+    "ledger_url",
+    default=None,
+    metavar="URL",
+    help="Record the run into this SQL ledger (sqlite:///file.db or postgresql://...; new or empty).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 def simulate(
-    trace_path: str, policy: str, params: tuple[str, ...], until: float | None, engine: str, as_json: bool
+    trace_path: str,
+    policy: str,
+    params: tuple[str, ...],
+    until: float | None,
+    engine: str,
+    ledger_url: str | None,
+    as_json: bool,
 ) -> None:
     """Replay a trace under one policy and report what was granted, rejected and left waiting."""
     cls = get_policy_class(policy)
     pol = cls(**parse_params(params))
-    result = replay(trace_path, pol, end=until, engine=engine)
+    if ledger_url is None:
+        result = replay(trace_path, pol, end=until, engine=engine)
+    else:
+        from dpf_sched.ledger.sql import SqlLedger, open_ledger
+
+        opened: list[SqlLedger] = []
+
+        def make(comp: Composition) -> Ledger:
+            led = open_ledger(ledger_url, comp)
+            opened.append(led)
+            if led.n_blocks or any(True for _ in led.claim_ids()):
+                raise InvalidParameterError(f"ledger {ledger_url} is not empty: record a simulation into a new one")
+            return led
+
+        try:
+            result = replay(trace_path, pol, end=until, engine=engine, ledger=make)
+        finally:
+            for led in opened:
+                led.close()
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
@@ -290,6 +325,62 @@ def trace(workload: str, seed: int, params: tuple[str, ...]) -> None:
     write_trace(sys.stdout, wl.header, wl.events())
 
 
+@main.command("check-properties")
+@click.option("--policy", required=True, help="Registered policy name (see `dpf-sched policies`).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Policy parameter; repeatable.")
+@click.option(
+    "--examples", default=100, show_default=True, type=click.IntRange(min=1), help="Random traces per property."
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random search.")
+@click.option(
+    "--property",
+    "props",
+    multiple=True,
+    type=click.Choice([p.value for p in Property]),
+    help="Check only this property; repeatable (default: all four).",
+)
+@click.option(
+    "--fair-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="N of the fair-demand definition (default: the policy's N, else 4).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def check_properties(
+    policy: str,
+    params: tuple[str, ...],
+    examples: int,
+    seed: int,
+    props: tuple[str, ...],
+    fair_n: int | None,
+    as_json: bool,
+) -> None:
+    """Search random traces (basic and Rényi) for a violation of sharing incentive, strategy-proofness, dynamic
+    envy-freeness or Pareto efficiency (proofs/), and print each counterexample shrunk to a minimal trace.
+
+    Exit status 0 when nothing was found, 1 with counterexamples."""
+    result = search_counterexamples(
+        policy, parse_params(params), properties=props or None, examples=examples, seed=seed, fair_n=fair_n
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(f"policy      {result.policy}")
+        click.echo(f"search      {examples} random traces per property, seed {seed}, {'+'.join(result.compositions)}")
+        for prop, found in result.found.items():
+            if found is None:
+                click.echo(f"{prop.value:<20} no counterexample found")
+                continue
+            click.echo(f"{prop.value:<20} COUNTEREXAMPLE ({len(found.trace) - 1} events):")
+            for v in found.report.violations[prop]:
+                click.echo(f"    {v.describe()}")
+            click.echo("    trace:")
+            for line in found.trace:
+                click.echo(f"      {line}")
+    if not result.ok:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def policies(as_json: bool) -> None:
@@ -309,3 +400,124 @@ def policies(as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ----- the durable ledger -----------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def ledger() -> None:
+    """Create, inspect and audit a durable SQL ledger (sqlite:///file.db or postgresql://...)."""
+
+
+_DB = click.option("--db", "url", required=True, metavar="URL", help="sqlite:///path.db, a file path, or postgresql://…")
+
+
+@ledger.command("init")
+@_DB
+@click.option("--composition", "kind", type=click.Choice(["basic", "renyi"]), default="basic", show_default=True)
+@click.option("--alphas", default=None, help="Comma-separated α orders (Rényi; default: the library's grid).")
+@click.option("--conversion", default="classic", show_default=True, help="(ε, δ) ↔ RDP conversion (Rényi).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ledger_init(url: str, kind: str, alphas: str | None, conversion: str, as_json: bool) -> None:
+    """Create an empty ledger (or check that the one there has this composition)."""
+    from dpf_sched.budget import AlphaGrid
+    from dpf_sched.composition import BasicComposition, RenyiComposition
+    from dpf_sched.ledger.sql import composition_descriptor, open_ledger
+
+    comp: Composition
+    if kind == "basic":
+        comp = BasicComposition()
+    else:
+        grid = AlphaGrid.default() if alphas is None else AlphaGrid(tuple(float(a) for a in _split(alphas, "--alphas")))
+        comp = RenyiComposition(grid, conversion)
+    with open_ledger(url, comp) as led:
+        info = {"db": led.describe(), "composition": composition_descriptor(comp), "schema": led.schema_version()}
+    click.echo(json.dumps(info) if as_json else f"ledger ready at {info['db']} ({kind}, schema {info['schema']})")
+
+
+@ledger.command("show")
+@_DB
+@click.option("--delta", type=float, default=None, help="δ at which to report Rényi blocks as (ε, δ).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ledger_show(url: str, delta: float | None, as_json: bool) -> None:
+    """Per-block budgets (capacity, locked, unlocked, allocated, consumed; Rényi blocks also as (ε, δ))."""
+    from dpf_sched.budget import RenyiCurve
+    from dpf_sched.ledger.base import ClaimState
+    from dpf_sched.ledger.sql import composition_descriptor, eps_delta_of, open_ledger
+
+    def row(b: Any) -> list[float]:
+        return [float(x) for x in np.asarray(led.composition.row(b)).tolist()]
+
+    with open_ledger(url, create=False) as led:
+        blocks = []
+        for block in led.blocks():
+            bb = led.budgets(block.id)
+            entry: dict[str, Any] = {"id": block.id, "created": block.created, "retired": bb.retired}
+            entry["unlocked_fraction"] = bb.unlocked_fraction
+            for name in ("capacity", "locked", "unlocked", "allocated", "consumed"):
+                entry[name] = row(getattr(bb, name))
+            if isinstance(bb.capacity, RenyiCurve):
+                d = delta if delta is not None else (block.guarantee.delta if block.guarantee else 1e-6)
+                spent = led.composition.value(np.asarray(entry["allocated"]) + np.asarray(entry["consumed"]))
+                as_ed: dict[str, Any] = {"delta": d}
+                for name, value in (("capacity", bb.capacity), ("spent", spent), ("consumed", bb.consumed)):
+                    ed = eps_delta_of(value, d)
+                    as_ed[name] = None if ed is None else ed.epsilon
+                entry["eps_delta"] = as_ed
+            blocks.append(entry)
+        states = {s.value: 0 for s in ClaimState}
+        for cid in led.claim_ids():
+            states[led.state(cid).value] += 1
+        doc = {
+            "db": led.describe(),
+            "composition": composition_descriptor(led.composition),
+            "journal_entries": led.journal_length,
+            "claims": states,
+            "blocks": blocks,
+        }
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    click.echo(f"ledger      {doc['db']}")
+    click.echo(f"composition {doc['composition']}")
+    click.echo(f"journal     {doc['journal_entries']} entries")
+    click.echo("claims      " + ", ".join(f"{k} {v}" for k, v in states.items()))
+    for b in blocks:
+        retired = " (retired)" if b["retired"] else ""
+        click.echo(f"block {b['id']}{retired}: unlocked fraction {b['unlocked_fraction']:.6g}")
+        for name in ("capacity", "locked", "unlocked", "allocated", "consumed"):
+            click.echo(f"  {name:<10} {' '.join(f'{x:.6g}' for x in b[name])}")
+        if "eps_delta" in b:
+            ed = b["eps_delta"]
+
+            def fmt(x: float | None) -> str:
+                return "n/a" if x is None else f"{x:.6g}"
+
+            click.echo(
+                f"  as (ε, δ={ed['delta']:g}): capacity ε={fmt(ed['capacity'])}, spent ε={fmt(ed['spent'])}, "
+                f"consumed ε={fmt(ed['consumed'])}"
+            )
+
+
+@ledger.command("audit")
+@_DB
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ledger_audit(url: str, as_json: bool) -> None:
+    """Replay the journal, compare with the stored state, check every invariant; exit 1 on any discrepancy."""
+    from dpf_sched.ledger.sql import open_ledger
+
+    with open_ledger(url, create=False) as led:
+        report = led.audit()
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(
+            f"audit of {report.where}: {report.journal_entries} journal entries, {report.blocks} blocks, "
+            f"{report.claims} claims, schema {report.schema_version}"
+        )
+        for p in report.problems:
+            click.echo(f"  problem: {p}")
+        for v in report.violations:
+            click.echo(f"  violation: {v}")
+        click.echo("OK" if report.ok else "FAILED")
+    if not report.ok:
+        sys.exit(1)
