@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,5 +59,18 @@ def schema_pool() -> Iterator[SchemaPool]:
     pool = SchemaPool()
     try:
         yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh ledger URL per test: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    pool = SchemaPool()
+    try:
+        yield pool.url()
     finally:
         pool.close()

@@ -19,13 +19,11 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sql_ledger_support import PG_SKIP, SchemaPool
 
 from dpf_sched.block import Block
 from dpf_sched.budget import EpsDelta
@@ -38,18 +36,6 @@ from dpf_sched.ledger.sql import open_ledger
 CTX = mp.get_context("fork")  # children open their own connections; the parent holds none while forking
 N_BLOCKS = 4
 PIECE = 1e-4  # ε of one consumption piece
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    pool = SchemaPool()
-    try:
-        yield pool.url()
-    finally:
-        pool.close()
 
 
 def _setup(url: str, capacity: float = 1000.0) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sql_ledger_support import PG_SKIP, PG_URL, SchemaPool
+from sql_ledger_support import PG_URL
 
 import dpf_sched.ledger.sql.ledger as sql_ledger_mod
 from dpf_sched.block import Block
@@ -125,18 +124,6 @@ def test_migrate_forward_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 # ----- dropped connections ------------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    pool = SchemaPool()
-    try:
-        yield pool.url()
-    finally:
-        pool.close()
-
-
 def test_connection_dropped_mid_transaction_changes_nothing(url: str) -> None:
     _ledger_with_grant(url)
     led = open_ledger(url)
