@@ -123,7 +123,7 @@ RECORDS_PER_BLOCK = 25_000
 HETERO_LAPLACE_SCALES: tuple[float, ...] = (0.5, 1.0, 2.0)
 #: Gaussian noise σ (sensitivity 1): best order α = 5 on (10, 1e-7) blocks.
 HETERO_GAUSSIAN_SIGMAS: tuple[float, ...] = (2.0, 3.0, 4.0)
-#: DP-SGD (noise multiplier, sampling rate, steps): best order α = 4 on (10, 1e-7) blocks.
+#: DP-SGD settings, each a (noise multiplier, sampling rate, steps) triple; best order α = 4 on (10, 1e-7) blocks.
 HETERO_DP_SGD: tuple[tuple[float, float, int], ...] = ((0.8, 0.01, 500), (0.9, 0.01, 500), (1.0, 0.01, 1000))
 #: δ at which the hetero-renyi kinds report their (ε, δ) guarantee.
 HETERO_DELTA = 1e-9
