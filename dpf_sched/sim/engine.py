@@ -162,7 +162,6 @@ class _Run:
         self.usable = self.G > 0
         safe = np.where(self.usable, self.G, 1.0)
         self.invG = np.where(self.usable, 1.0 / safe, 0.0)
-        self.unusable = np.where(self.usable, 0.0, np.inf)
         # Python-list mirrors of the per-block rows: one claim's check on a few short rows is several times
         # faster in plain float arithmetic than through numpy calls. ``S_py`` is refreshed from ``S`` on grants,
         # so both always hold the same numbers.
@@ -189,8 +188,6 @@ class _Run:
         self.floor = np.full_like(self.G, np.inf)
         self.wake = np.full(nb, np.inf)
         self.heap: list[tuple[float, int]] = []
-        self.now = -math.inf
-        self.last_pass = -math.inf
 
     # ----- budget arithmetic (the same comparisons as Composition.fits, on f·G − S) ----------------------------
     def _fit_rows(self, rows: IntArray, frac: FloatArray) -> NDArray[np.bool_]:
@@ -208,15 +205,6 @@ class _Run:
         if self.renyi:
             return np.logical_or.reduce(ok & self.usable[b], axis=1)  # type: ignore[no-any-return]
         return np.logical_and.reduce(ok, axis=1)  # type: ignore[no-any-return]
-
-    def _need_row(self, dem: FloatArray, b: int) -> float:
-        """:meth:`_need` for one demand row on one block."""
-        s = self.S[b]
-        ratio = (dem + s) * self.invG[b]
-        if self.renyi:
-            return float((ratio + self.unusable[b]).min()) - REL_TOL - _NEED_MARGIN
-        need = np.where(self.usable[b], ratio - REL_TOL, np.where(dem + s <= 0, -np.inf, np.inf))
-        return float(need.max()) - _NEED_MARGIN
 
     # The same three questions on one row, in plain floats (same operations, same order, same results).
     def _fit_py(self, row: list[float], b: int, f: float) -> bool:
@@ -263,11 +251,8 @@ class _Run:
         if all(fit):
             if i + 1 < self.n and self.t[i + 1] == t:
                 return 0
-            self.last_pass = t
             self._grant(i, t)
-            self.now = t
             return 2
-        self.now = t
         if self.plan.reject_misfits_on_arrival:
             self._reject(np.array([i]), np.array([t]), _MISFIT)
             return 1
@@ -516,7 +501,6 @@ class _Run:
         block cannot fit the smallest demand left in its group (the suffix floor), the rest of that group is
         skipped: they keep watching the block, unexamined.
         """
-        self.last_pass = now
         rank = self.rank
         if not arrivals and len(groups) == 1:
             g = groups[0]
@@ -630,15 +614,12 @@ class _Run:
                         best = self._argmax_rows(first[:end_row], starts[:m], counts[:m])
                         live = ~dead
                         self._watch_many(kw[live], (lo + best)[waiting][live], w[live])
-            self.now = float(t[m - 1])
         e = i + m
         lone = m < t.shape[0] and cand.size and cand[0] == m and event == t[m] and event < min(tb, first_wake)
         if lone and (e + 1 >= self.n or self.t[e + 1] != event):
             # The lone arrival of its instant, and it fits: the pass of that instant grants it and nothing else
             # (no block wakes then, and the budget only shrinks).
-            self.last_pass = event
             self._grant(e, event)
-            self.now = event
             return e + 1
         return e
 
@@ -711,7 +692,6 @@ class _Run:
                     self._reject(np.array([i]), np.array([now]), _NEVER_AT_ARRIVAL)
                 i += 1
             self._pass(now, arrivals, groups)
-            self.now = now
 
     def finish(self, end_given: bool) -> EngineResult:
         """Settle the claims still waiting, check the guarantee, and return the outcome.
