@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dpf_sched.accounting import gaussian_rdp, gaussian_sigma_for
@@ -212,8 +213,14 @@ def test_select_claims_resolve_during_replay() -> None:
         _claim("combo", 5, select={"attributes": {"src": "web"}, "from": 2, "latest": 1}, epsilon=0.1),
         _claim("ids", 5, select={"ids": ["d4", "d1"]}, epsilon=0.1),
     )
-    for engine in ("batch", "scheduler"):
-        result = replay(read_trace(lines), "fcfs", engine=engine)
+    ledgers: list[Any] = []
+    online = replay(read_trace(lines), "fcfs", observer=lambda s, _o: ledgers.append(s.ledger))
+    assert online.engine == "scheduler" and ledgers[-1].violations() == []
+    batch = replay(read_trace(lines), "fcfs", engine="batch")
+    bk = batch.blocks
+    np.testing.assert_allclose(bk.locked + bk.unlocked + bk.allocated + bk.consumed, bk.capacity, rtol=1e-12)
+    assert (bk.consumed <= bk.capacity * (1 + 1e-9)).all()
+    for result in (online, batch):
         blocks = {cid: result.claim_blocks(k) for k, cid in enumerate(result.ids)}
         assert result.counts == {"granted": 5, "rejected": 0, "waiting": 0}
         _check_selected(blocks)
