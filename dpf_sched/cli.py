@@ -53,14 +53,14 @@ class _Group(click.Group):
             ctx.exit(0)
 
 
-def parse_params(items: Sequence[str]) -> dict[str, str]:
+def parse_params(items: Sequence[str], form: str = "KEY=VALUE") -> dict[str, str]:
     """``["N=10", "strict=true"]`` → ``{"N": "10", "strict": "true"}``; malformed items are an error."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise InvalidParameterError(f"--param expects KEY=VALUE, got {item!r}")
+            raise InvalidParameterError(f"--param expects {form}, got {item!r}")
         if key in out:
             raise InvalidParameterError(f"--param {key} given twice")
         out[key] = value.strip()
@@ -159,15 +159,10 @@ def _coerce(value: str) -> Any:
 
 def _grid(items: Sequence[str], n_option: str | None) -> dict[str, list[Any]]:
     """``--param KEY=V1,V2`` items (and the legacy ``--n``) as a grid: axis → coerced values."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InvalidParameterError(f"--param expects KEY=V1,V2,..., got {item!r}")
-        if key in grid:
-            raise InvalidParameterError(f"--param {key} given twice")
-        grid[key] = [_coerce(v) for v in _split(values, f"--param {key}")]
+    grid = {
+        key: [_coerce(v) for v in _split(values, f"--param {key}")]
+        for key, values in parse_params(items, "KEY=V1,V2,...").items()
+    }
     if n_option is not None:
         if "N" in grid:
             raise InvalidParameterError("give the N grid once: --n or --param N=..., not both")
