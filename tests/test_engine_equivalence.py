@@ -121,6 +121,18 @@ def test_batch_engine_refuses_what_it_cannot_run() -> None:
         replay(read_trace(lines), "rr-n", {"N": 3}, engine="batch")
     with pytest.raises(InvalidParameterError, match="engine"):
         replay(read_trace(lines), "fcfs", engine="turbo")
+    from dpf_sched.sim.replay import replay_input
+    from dpf_sched.sim.table import tables_from_trace
+
+    inp = tables_from_trace(read_trace(lines))
+    with pytest.raises(InvalidParameterError, match="engine"):
+        replay_input(inp, "fcfs", engine="turbo")
+    with pytest.raises(InvalidParameterError, match="batch"):
+        replay_input(inp, "rr-n", {"N": 3}, engine="batch")
+    with pytest.raises(InvalidParameterError, match="unknown parameter"):
+        replay_input(inp, "dpf-n", {"M": 3})
+    with pytest.raises(InvalidParameterError, match="only accepted with a policy name"):
+        replay_input(inp, create_policy("fcfs"), {"N": 3})
 
 
 @pytest.mark.parametrize("composition", ["basic", "renyi"])
