@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,opacus,postgres,docs]'
+python -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,opacus,postgres,service,docs]'
 python -m ruff check dpf_sched
 python -m mypy dpf_sched
 python -m pytest -q "$@"
