@@ -196,3 +196,15 @@ def test_input_cache_is_bounded() -> None:
         compare_mod._cached_input("micro-single", {"duration": 10.0}, seed)
     assert len(compare_mod._CACHE) <= compare_mod._CACHE_SIZE
     compare_mod._CACHE.clear()
+
+
+def test_scheduler_engine_measures_passes_and_gives_the_same_grants() -> None:
+    kw: dict[str, Any] = {"workload_params": {"duration": 60.0}, "grid": {"N": [5]}}
+    auto = compare("micro-single", ["fcfs", "dpf-n"], **kw)
+    online = compare("micro-single", ["fcfs", "dpf-n"], engine="scheduler", **kw)
+    assert set(auto.runs["engine"]) == {"batch"} and set(online.runs["engine"]) == {"scheduler"}
+    assert auto.runs["granted"].tolist() == online.runs["granted"].tolist()
+    assert (online.runs["passes"] > 0).all() and online.runs["pass_ms"].notna().all()
+    assert auto.runs["pass_ms"].isna().all()
+    with pytest.raises(InvalidParameterError, match="engine"):
+        compare("micro-single", ["fcfs"], engine="warp", **kw)

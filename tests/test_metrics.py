@@ -173,3 +173,17 @@ def test_write_frame_csv_and_parquet(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     assert pd.read_csv(paths[0])["a"].tolist() == [1, 2]
     with pytest.raises(InvalidParameterError, match="pyarrow"):
         write_frame(df, tmp_path / "t", parquet=True)
+
+
+def test_pass_statistics_only_for_online_replays(basic_run: tuple[SimInput, ReplayResult]) -> None:
+    inp, _ = basic_run
+    online = replay_input(inp, "dpf-n", {"N": 2}, engine="scheduler")
+    batch = replay_input(inp, "dpf-n", {"N": 2}, engine="batch")
+    # One step per distinct event time at least (arrivals and block creations trigger a pass).
+    assert online.passes >= len(set(inp.claims.arrival.tolist()))
+    assert online.pass_seconds >= 0.0
+    s = run_summary(online, inp)
+    assert s["passes"] == online.passes
+    assert math.isfinite(s["pass_ms"]) and s["pass_ms"] >= 0.0
+    b = run_summary(batch, inp)
+    assert b["passes"] == 0 and math.isnan(b["pass_ms"])

@@ -50,7 +50,7 @@ from dpf_sched.errors import InvalidParameterError
 from dpf_sched.policies.registry import create_policy, get_policy_class
 from dpf_sched.sim.engine import supports
 from dpf_sched.sim.metrics import claims_frame, delays, run_summary, write_frame
-from dpf_sched.sim.replay import replay_input
+from dpf_sched.sim.replay import ENGINES, replay_input
 from dpf_sched.sim.table import SimInput, tables_from_trace
 from dpf_sched.sim.trace import BlockEvent, ClaimEvent, Trace, TraceEvent
 from dpf_sched.sim.workloads import WORKLOADS, Workload, make_workload
@@ -271,6 +271,7 @@ class _Task:
 
     specs: tuple[RunSpec, ...]
     claims_dir: str | None
+    engine: str = "auto"
 
 
 RunOutput = tuple[int, dict[str, Any], FloatArray]
@@ -282,7 +283,7 @@ def _execute(task: _Task) -> list[RunOutput]:
     for spec in task.specs:
         inp = _cached_input(spec.workload, spec.workload_params, spec.seed)
         started = time.perf_counter()
-        result = replay_input(inp, spec.policy, dict(spec.params))
+        result = replay_input(inp, spec.policy, dict(spec.params), engine=task.engine)
         seconds = time.perf_counter() - started
         row: dict[str, Any] = {
             "run": spec.index,
@@ -302,7 +303,7 @@ def _execute(task: _Task) -> list[RunOutput]:
     return out
 
 
-def _tasks(runs: Sequence[RunSpec], n_jobs: int, claims_dir: str | None) -> list[_Task]:
+def _tasks(runs: Sequence[RunSpec], n_jobs: int, claims_dir: str | None, engine: str = "auto") -> list[_Task]:
     """Group runs by input; slow (online-scheduler) runs go alone and first, fast ones in small chunks."""
     workers = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
     slow_cache: dict[str, bool] = {}
@@ -310,7 +311,7 @@ def _tasks(runs: Sequence[RunSpec], n_jobs: int, claims_dir: str | None) -> list
     def slow(spec: RunSpec) -> bool:
         key = json.dumps([spec.policy, sorted(spec.params.items())], default=str)
         if key not in slow_cache:
-            slow_cache[key] = not supports(create_policy(spec.policy, **spec.params))
+            slow_cache[key] = engine == "scheduler" or not supports(create_policy(spec.policy, **spec.params))
         return slow_cache[key]
 
     groups: dict[str, list[RunSpec]] = {}
@@ -322,10 +323,10 @@ def _tasks(runs: Sequence[RunSpec], n_jobs: int, claims_dir: str | None) -> list
     fast_tasks: list[_Task] = []
     for specs in groups.values():
         if slow(specs[0]):
-            slow_tasks.extend(_Task((s,), claims_dir) for s in specs)
+            slow_tasks.extend(_Task((s,), claims_dir, engine) for s in specs)
         else:
             for i in range(0, len(specs), fast_chunk):
-                fast_tasks.append(_Task(tuple(specs[i : i + fast_chunk]), claims_dir))
+                fast_tasks.append(_Task(tuple(specs[i : i + fast_chunk]), claims_dir, engine))
     return slow_tasks + fast_tasks
 
 
@@ -402,6 +403,7 @@ def compare(
     backend: str = "joblib",
     progress: bool = False,
     claims_dir: str | Path | None = None,
+    engine: str = "auto",
 ) -> CompareResult:
     """Run every (policy, grid point, seed) of a comparison (module docstring) and collect the results.
 
@@ -415,11 +417,16 @@ def compare(
         backend: ``"joblib"`` (local processes) or ``"ray"``.
         progress: show a tqdm progress bar (on stderr).
         claims_dir: when given, each run's per-claim table is written there (``claims_<run>_<policy>``).
+        engine: ``"auto"`` (the batch simulator where a policy supports it), ``"batch"`` or ``"scheduler"``
+            (every run through the online scheduler, so that ``pass_ms`` — CPU time per scheduling pass — is
+            measured for every policy).
     """
     if backend not in BACKENDS:
         raise InvalidParameterError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs == 0 or n_jobs < -1:
         raise InvalidParameterError(f"jobs must be a positive integer or -1 (all cores), got {n_jobs!r}")
+    if engine not in ENGINES:
+        raise InvalidParameterError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if backend == "ray":
         _import_ray()  # a clear error before planning anything
     axes, runs = plan_runs(workload, policies, grid, seeds, workload_params)
@@ -427,7 +434,11 @@ def compare(
     if claims_dir is not None:
         Path(claims_dir).mkdir(parents=True, exist_ok=True)
         cdir = str(claims_dir)
-    tasks = _tasks(runs, n_jobs, cdir)
+    if engine == "batch":
+        for spec in runs:  # refuse before running anything
+            if not supports(create_policy(spec.policy, **spec.params)):
+                raise InvalidParameterError(f"policy {spec.policy} has no batch plan: it cannot use the batch engine")
+    tasks = _tasks(runs, n_jobs, cdir, engine)
     results = _run_ray(tasks) if backend == "ray" else _run_joblib(tasks, n_jobs)
     rows: dict[int, dict[str, Any]] = {}
     kept: dict[int, FloatArray] = {}

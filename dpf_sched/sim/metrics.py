@@ -266,8 +266,9 @@ def run_summary(result: ReplayResult, inp: SimInput | None = None, n: int | None
     Keys: ``granted``, ``rejected``, ``waiting``; per class label ``granted_<label>`` (and rejected / waiting);
     ``delay_mean``, ``delay_p50``, ``delay_p90``, ``delay_p99``, ``delay_max`` over granted claims;
     ``utilisation_mean`` and ``utilisation_max`` over blocks; ``claims_per_block`` (median number of claims
-    that asked for a block: DPF-N never fully unlocks a block that sees fewer than N); ``jain_owners`` and
-    ``jain_classes``; and, when
+    that asked for a block: DPF-N never fully unlocks a block that sees fewer than N); ``passes`` and
+    ``pass_ms`` (scheduler steps of an online replay and their mean CPU time in milliseconds; 0 and NaN for the
+    batch engine, which has no passes); ``jain_owners`` and ``jain_classes``; and, when
     ``inp`` is given and ``n`` is known (the argument, else the policy's own ``N``), ``fair_claims`` and
     ``fair_granted_at_arrival`` (the share of fair-demand claims granted in the pass at their arrival; NaN
     when there are none).
@@ -294,6 +295,8 @@ def run_summary(result: ReplayResult, inp: SimInput | None = None, n: int | None
     n_blocks = len(result.blocks.ids)
     per_block = np.bincount(result.block_of_row, minlength=n_blocks) if n_blocks else np.zeros(0)
     out["claims_per_block"] = float(np.median(per_block)) if n_blocks else math.nan
+    out["passes"] = int(result.passes)
+    out["pass_ms"] = 1e3 * result.pass_seconds / result.passes if result.passes else math.nan
     out["jain_owners"] = jain_index(_granted_share_by(result.owners, result.status))
     out["jain_classes"] = jain_index(_granted_share_by(result.labels, result.status))
     if n is None:

@@ -10,6 +10,7 @@ header's (or caller's) ``end`` time, or when nothing is left to happen.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,10 @@ class ReplayResult:
     """The outcome of one replay, kept as columns (one entry per claim, in arrival order).
 
     ``status`` holds codes into :data:`STATUS_NAMES`; ``granted_at`` is NaN for claims never granted.
-    :attr:`claims` gives the same as a list of :class:`ClaimOutcome` values.
+    :attr:`claims` gives the same as a list of :class:`ClaimOutcome` values. ``passes`` and ``pass_seconds``
+    are the number of scheduler steps of an online (``"scheduler"`` engine) replay and the process CPU time
+    spent in them (the cost of scheduling itself, without trace parsing); the batch engine has no passes
+    (0 and NaN).
     """
 
     policy: str
@@ -100,6 +104,8 @@ class ReplayResult:
     blocks: BlockBuckets
     ptr: NDArray[np.int64]
     block_of_row: NDArray[np.int64]
+    passes: int = 0
+    pass_seconds: float = math.nan
 
     def claim_blocks(self, k: int) -> tuple[str, ...]:
         """The ids of the blocks the ``k``-th claim asked for."""
@@ -214,6 +220,8 @@ class _Replay:
         self.labels: dict[str, str | None] = {}
         self.claims: dict[str, Claim] = {}
         self.last_time = 0.0
+        self.passes = 0
+        self.pass_seconds = 0.0
 
     def feed(self) -> None:
         ev = next(self.events, None)
@@ -257,7 +265,10 @@ class _Replay:
         t = self.loop.now
         self.clock.set(t)
         before = self.ledger.unlocked_fraction.copy() if self.end is None else None
+        started = time.process_time()
         outcomes = self.scheduler.step()
+        self.pass_seconds += time.process_time() - started
+        self.passes += 1
         # Without an end time, a run ends at its last change: an event, a decision or an unlock step (a
         # wake-up that changes nothing, such as the deadline of a claim granted since, does not count).
         if outcomes or (before is not None and bool((self.ledger.unlocked_fraction[: before.shape[0]] > before).any())):
@@ -324,6 +335,8 @@ class _Replay:
             buckets,
             np.concatenate(([0], np.cumsum(n_blocks))).astype(np.int64),
             np.asarray(rows, dtype=np.int64),
+            self.passes,
+            self.pass_seconds,
         )
 
 
