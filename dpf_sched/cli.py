@@ -393,10 +393,6 @@ def policies(as_json: bool) -> None:
             click.echo(f"    {k:<10} default {p['default']!s:<14} {p['doc']}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # ----- the durable ledger -----------------------------------------------------------------------------------
 @main.group(cls=_Group)
 def ledger() -> None:
@@ -516,3 +512,153 @@ def ledger_audit(url: str, as_json: bool) -> None:
         click.echo("OK" if report.ok else "FAILED")
     if not report.ok:
         sys.exit(1)
+
+
+# ----- the HTTP service -------------------------------------------------------------------------------------
+def _service_composition(kind: str | None, alphas: str | None, conversion: str) -> Composition | None:
+    """The composition to create a missing ledger with (``None``: whatever is there, basic for a new one)."""
+    from dpf_sched.budget import AlphaGrid
+    from dpf_sched.composition import BasicComposition, RenyiComposition
+
+    if kind is None:
+        if alphas is not None:
+            raise InvalidParameterError("--alphas needs --composition renyi")
+        return None
+    if kind == "basic":
+        return BasicComposition()
+    grid = AlphaGrid.default() if alphas is None else AlphaGrid(tuple(float(a) for a in _split(alphas, "--alphas")))
+    return RenyiComposition(grid, conversion)
+
+
+_COMPOSITION = click.option(
+    "--composition",
+    "kind",
+    type=click.Choice(["basic", "renyi"]),
+    default=None,
+    help="Composition of the ledger to create when the database holds none (default basic); checked otherwise.",
+)
+_ALPHAS = click.option("--alphas", default=None, help="Comma-separated α orders for a new Rényi ledger.")
+_CONVERSION = click.option("--conversion", default="classic", show_default=True, help="(ε, δ) ↔ RDP (new Rényi).")
+
+
+@main.command()
+@_DB
+@click.option("--policy", required=True, help="Registered policy name (see `dpf-sched policies`).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Policy parameter; repeatable.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--poll", default=0.05, show_default=True, type=click.FloatRange(min=0.001), help="Leader step (s).")
+@click.option(
+    "--lease-retry", default=0.5, show_default=True, type=click.FloatRange(min=0.01), help="Follower retry (s)."
+)
+@_COMPOSITION
+@_ALPHAS
+@_CONVERSION
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(
+    url: str,
+    policy: str,
+    params: tuple[str, ...],
+    host: str,
+    port: int,
+    poll: float,
+    lease_retry: float,
+    kind: str | None,
+    alphas: str | None,
+    conversion: str,
+    log_level: str,
+) -> None:
+    """Serve the scheduler over HTTP (docs/service.md): the API on every process sharing the ledger, the
+    scheduling loop on the one that holds the grant lease. Logs are JSON lines on stderr."""
+    import uvicorn
+
+    from dpf_sched.service import ServiceConfig, create_app
+    from dpf_sched.service.logs import configure
+
+    configure(getattr(logging, log_level.upper()))
+    config = ServiceConfig(
+        db=url,
+        policy=policy,
+        params=parse_params(params),
+        poll=poll,
+        lease_retry=lease_retry,
+        composition=_service_composition(kind, alphas, conversion),
+    )
+    app = create_app(config)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+
+
+@main.group(cls=_Group)
+def tokens() -> None:
+    """Create, list and revoke the service's API tokens (stored hashed in the ledger database)."""
+
+
+def _tables(url: str, composition: Composition | None = None) -> Any:
+    from dpf_sched.ledger.sql import open_store
+    from dpf_sched.service import ServiceTables, open_service_ledger
+
+    open_service_ledger(url, composition).close()  # the ledger must exist (created when the database is empty)
+    return ServiceTables(open_store(url, create=False))
+
+
+@tokens.command("create")
+@_DB
+@click.option("--tenant", required=True, help="Tenant the token acts for (letters, digits, '_', '.', '-').")
+@click.option("--admin", "is_admin", is_flag=True, help="An admin token (blocks, audit) instead of a tenant one.")
+@_COMPOSITION
+@_ALPHAS
+@_CONVERSION
+def tokens_create(
+    url: str, tenant: str, is_admin: bool, kind: str | None, alphas: str | None, conversion: str
+) -> None:
+    """Create a token and print it (the only time it is shown; only its hash is stored)."""
+    from dpf_sched.service.tables import Role, check_tenant
+
+    check_tenant(tenant)
+    tables = _tables(url, _service_composition(kind, alphas, conversion))
+    try:
+        _, token = tables.create_token(tenant, Role.ADMIN if is_admin else Role.TENANT)
+    finally:
+        tables.close()
+    click.echo(token)
+
+
+@tokens.command("revoke")
+@_DB
+@click.argument("token_id")
+def tokens_revoke(url: str, token_id: str) -> None:
+    """Revoke the token TOKEN_ID (the id `tokens list` shows, or the whole token)."""
+    tables = _tables(url)
+    try:
+        ok = tables.revoke_token(token_id)
+    finally:
+        tables.close()
+    if not ok:
+        raise InvalidParameterError(f"no live token with id {token_id!r}")
+    click.echo(f"revoked {token_id}")
+
+
+@tokens.command("list")
+@_DB
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tokens_list(url: str, as_json: bool) -> None:
+    """List the tokens: id, tenant, role, creation and revocation times (never secrets)."""
+    tables = _tables(url)
+    try:
+        infos = tables.list_tokens()
+    finally:
+        tables.close()
+    rows = [
+        {"id": t.id, "tenant": t.tenant, "role": t.role.value, "created_at": t.created_at, "revoked_at": t.revoked_at}
+        for t in infos
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = "revoked" if r["revoked_at"] is not None else "live"
+        click.echo(f"{r['id']}  {r['tenant']:<20} {r['role']:<7} {state}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -178,6 +178,109 @@ class Scheduler:
         if math.isfinite(q.deadline):
             heapq.heappush(self._deadlines, (q.deadline, handle))
         return claim.id
+
+    # ----- adopting state written elsewhere (the HTTP service's scheduler loop) --------------------------
+    def adopt_block(self, block_id: str) -> None:
+        """Take over a block that is already in the ledger (created by another process or an earlier loop).
+
+        Applies the unlocker's creation rule (:meth:`Unlocker.on_block`) as :meth:`add_block` does. Unlocks only
+        ever raise a block's fraction, so adopting a block twice, or one that was unlocked before, is harmless.
+        """
+        idx = self.ledger.block_index(block_id)
+        now = self._now()
+        frac = self.policy.unlocker.on_block(idx, float(self.ledger.created[idx]), self.ledger)
+        if frac > 0:
+            self._apply_unlock(Unlock(np.array([idx], dtype=np.int64), np.array([frac])))
+        self._dirty.add(idx)
+        nxt = self.policy.unlocker.next_time(now, self.ledger)
+        if self._next_unlock is None or (nxt is not None and nxt < self._next_unlock):
+            self._next_unlock = nxt
+
+    def _queued(self, claim: Claim, idx: np.ndarray[Any, Any], demand: np.ndarray[Any, Any]) -> QueuedClaim:
+        handle = self._seq
+        self._seq += 1
+        cap = self.ledger.capacity[idx]
+        return QueuedClaim(
+            handle=handle,
+            id=claim.id,
+            arrival=claim.arrival,
+            seq=handle,
+            deadline=claim.deadline,
+            weight=claim.weight,
+            owner=claim.owner,
+            idx=idx,
+            demand=demand,
+            shares=share_key(self.ledger.composition.shares(demand, cap)),
+        )
+
+    def _rows(self, claim: Claim) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        idx = np.array([self.ledger.block_index(b) for b in claim.blocks], dtype=np.int64)
+        row = self.ledger.composition.row
+        return idx, np.stack([row(claim.demand[b]) for b in claim.blocks])
+
+    def replay_arrival(self, record: ClaimRecord) -> None:
+        """Apply the unlocker's arrival rule for a claim already in the ledger, whatever its state.
+
+        A new scheduler loop replays every claim ever submitted, in submission order, so that an arrival-driven
+        unlocker (DPF-N counts arrivals per block) is rebuilt; unlocks only raise fractions, so what was
+        already unlocked stays as it is.
+        """
+        idx, demand = self._rows(record.claim)
+        q = self._queued(record.claim, idx, demand)
+        self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
+
+    def adopt(self, record: ClaimRecord, *, arrival_unlock: bool = True) -> bool:
+        """Enqueue a claim that is already in the ledger (submitted elsewhere) with its original arrival.
+
+        ``arrival_unlock`` applies the unlocker's arrival rule first, as :meth:`submit` does (pass ``False``
+        when :meth:`replay_arrival` already counted it). A claim whose demand its blocks can never provide is
+        rejected as in :meth:`submit`. Its deadline counts from its original arrival. Returns True when the
+        claim now waits in the queue, False when it was already there or was rejected as impossible; a claim
+        that is not waiting raises :class:`~dpf_sched.errors.InvalidStateError`.
+        """
+        claim = record.claim
+        if claim.id in self._handles:
+            return False
+        state = self.ledger.state(claim.id)
+        if state is not ClaimState.WAITING:
+            raise InvalidStateError(f"claim {claim.id} is {state.value}: only a waiting claim can be adopted")
+        now = self._now()
+        idx, demand = self._rows(claim)
+        q = self._queued(claim, idx, demand)
+        if arrival_unlock:
+            self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
+        comp = self.ledger.composition
+        possible = comp.possible(demand, self.ledger.consumed[idx], self.ledger.capacity[idx])
+        if not bool(possible.all()):
+            bad = claim.blocks[int(np.argmin(possible))]
+            self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
+            return False
+        self.queue.add(q)
+        self._handles[claim.id] = q.handle
+        self._arrivals.append(q)
+        if math.isfinite(q.deadline):
+            heapq.heappush(self._deadlines, (q.deadline, q.handle))
+        return True
+
+    def drop(self, claim_id: str) -> bool:
+        """Forget a waiting claim that left the waiting state elsewhere (withdrawn or rejected by another
+        process); the ledger is not written. Returns True when it was in the queue."""
+        handle = self._handles.pop(claim_id, None)
+        if handle is None:
+            return False
+        if handle in self.queue:
+            self.queue.remove(handle)
+        self.policy.forget(handle)
+        return True
+
+    def mark_dirty(self, block_ids: Sequence[str]) -> None:
+        """Blocks that gained unlocked budget outside this scheduler (a release or unlock written elsewhere):
+        the next pass re-examines the claims waiting on them."""
+        self._dirty.update(self.ledger.block_index(b) for b in block_ids)
+
+    def waiting_ids(self) -> list[str]:
+        """Ids of the claims in the queue."""
+        return list(self._handles)
 
     def submit_request(
         self,

@@ -207,6 +207,12 @@ class SqlLedger(Ledger):
         self._store = store
         self.grant_timeout = grant_timeout
         self._before_commit: Callable[[], None] | None = None  # test hook: runs inside the write transaction
+        #: Called with (seq, op, payload) for every journal entry the mirror replays from the database, that is
+        #: every entry this object did not write itself (other processes' operations, or the whole journal when
+        #: the mirror is rebuilt: compare ``seq`` with the last one seen). The HTTP service's scheduler loop uses
+        #: it to adopt claims, blocks and releases written elsewhere. It runs inside the read or write that
+        #: caught up, so it must be quick and must not touch the ledger.
+        self.observer: Callable[[int, str, Mapping[str, Any]], None] | None = None
         try:
             self.composition = self._open_schema(composition, create)
         except BaseException:
@@ -328,13 +334,16 @@ class SqlLedger(Ledger):
                 self._stale = True
                 raise LedgerStorageError(f"{self._store.describe()}: journal gap: entry {seq} follows {self._seq}")
             try:
-                apply_entry(self._mem, str(op), json.loads(payload))
+                entry = json.loads(payload)
+                apply_entry(self._mem, str(op), entry)
             except (DpfSchedError, ValueError, KeyError, TypeError) as e:
                 self._stale = True
                 raise LedgerStorageError(
                     f"{self._store.describe()}: journal entry {seq} ({op}) does not replay: {e}"
                 ) from e
             self._seq = int(seq)
+            if self.observer is not None:
+                self.observer(self._seq, str(op), entry)
 
     def _sync(self) -> MemoryLedger:
         self._catch_up()

@@ -167,7 +167,11 @@ class SqliteStore(Store):
         if not self.memory and os.path.isdir(self.path):
             raise LedgerStorageError(f"{self.path} is a directory, not a ledger database")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            # check_same_thread=False: the HTTP service uses one connection from several worker threads, one
+            # at a time under its own lock (the sqlite3 module is built thread-safe); nothing else changes.
+            self.conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             self.conn.execute(f"PRAGMA synchronous={sync.upper()}")
         except sqlite3.DatabaseError as e:
             raise LedgerStorageError(

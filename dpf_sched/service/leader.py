@@ -1,0 +1,237 @@
+"""The service's scheduling loop: one per process, and at most one per ledger granting at a time.
+
+Every `dpf-sched serve` process runs a :class:`LeaderLoop` thread. It tries to take the ledger's grant lease
+(an ``flock`` on SQLite, a session-level ``pg_advisory_lock`` on PostgreSQL); the process that holds it is the
+*leader* and runs a :class:`~dpf_sched.scheduler.Scheduler` on its own ledger connection with the wall clock.
+The others retry every ``lease_retry`` seconds. The lease dies with its holder (the kernel drops the ``flock``
+of a killed process, PostgreSQL the advisory lock of a dead connection), so a SIGKILLed leader is replaced.
+
+A new leader builds its scheduler from the ledger alone (nothing is handed over):
+
+1. every block, in creation order: the unlocker's creation rule (``on_block``; UnlockAll → 1.0);
+2. every claim ever submitted, in submission order: the unlocker's arrival rule (DPF-N counts arrivals per
+   block), whatever the claim's state — unlocks only raise fractions, so re-applying what the previous leader
+   already applied changes nothing;
+3. every waiting claim, in submission order, enqueued with its original arrival and deadline (``adopt``).
+
+Then, each poll, it adopts what other processes wrote, learned from the journal entries its ledger replays
+(:attr:`SqlLedger.observer`): new blocks (``adopt_block``), new claims (``adopt``), releases and unlocks (their
+blocks are marked dirty), rejections (withdrawals: ``drop``); then it runs one :meth:`Scheduler.step` (timed
+unlocks, expiry of claims past their deadline, one pass). Grants are ledger transactions that re-check that the
+claim waits and fits, so a grant can never be duplicated, even if two loops believed they were leaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
+from dpf_sched.ledger.base import ClaimState
+from dpf_sched.ledger.sql import SqlLedger, open_store
+from dpf_sched.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class WallClock:
+    """Unix time that never goes backwards (the scheduler refuses a clock that does; NTP may step it)."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            self._last = max(self._last, time.time())
+            return self._last
+
+
+class LeaderLedger(SqlLedger):
+    """The leader's ledger: a grant or rejection of a claim that left the waiting state elsewhere (withdrawn by
+    its owner through another connection) is skipped instead of failing the whole pass; the transaction
+    refused it and nothing changed."""
+
+    def allocate(self, claim_id: str, now: float) -> None:
+        try:
+            super().allocate(claim_id, now)
+        except InvalidStateError:
+            if self.state(claim_id) is ClaimState.WAITING:
+                raise
+            logger.info("claim %s left the waiting state elsewhere; not granted", claim_id)
+
+    def reject(self, claim_id: str, now: float, reason: str) -> None:
+        try:
+            super().reject(claim_id, now, reason)
+        except InvalidStateError:
+            if self.state(claim_id) is ClaimState.WAITING:
+                raise
+            logger.info("claim %s left the waiting state elsewhere; not rejected (%s)", claim_id, reason)
+
+
+class LeaderLoop:
+    """The scheduling loop of one process (a thread): takes the grant lease when free, then schedules.
+
+    Parameters
+    ----------
+    url
+        The ledger URL.
+    policy
+        Registered policy name; ``params`` its parameters (strings are parsed by the policy).
+    poll
+        Seconds between two scheduling steps of the leader.
+    lease_retry
+        Seconds between two attempts of a follower to take the lease.
+    on_change
+        Called (from this thread) after a step that changed something, so waiters can look again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        policy: str,
+        params: Mapping[str, Any],
+        *,
+        poll: float = 0.05,
+        lease_retry: float = 0.5,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.policy = policy
+        self.params = dict(params)
+        self.poll = poll
+        self.lease_retry = lease_retry
+        self.on_change = on_change
+        self.clock = WallClock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leader = threading.Event()
+        self._ledger: LeaderLedger | None = None
+        self._sched: Scheduler | None = None
+        self._events: list[tuple[int, str, Mapping[str, Any]]] = []
+        self._high = 0
+        self.error: str | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this process holds the grant lease and schedules."""
+        return self._leader.is_set()
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        self._thread = threading.Thread(target=self._run, name="dpf-sched-leader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop and give the lease back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ----- the loop -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._sched is None and not self._try_lead():
+                    self._stop.wait(self.lease_retry)
+                    continue
+                changed = self._tick()
+                if changed and self.on_change is not None:
+                    self.on_change()
+                self._stop.wait(self.poll)
+            except Exception as e:  # a storage failure: step down, reconnect and try again
+                logger.error("scheduler loop failed (%s: %s); stepping down", type(e).__name__, e)
+                self.error = f"{type(e).__name__}: {e}"
+                self._step_down()
+                self._stop.wait(self.lease_retry)
+        self._step_down()
+
+    def _step_down(self) -> None:
+        self._leader.clear()
+        self._sched = None
+        led, self._ledger = self._ledger, None
+        if led is not None:
+            try:
+                led.close()  # also gives the lease back
+            except Exception as e:  # pragma: no cover - closing a broken connection
+                logger.warning("closing the leader's ledger failed: %s", e)
+
+    def _observe(self, seq: int, op: str, payload: Mapping[str, Any]) -> None:
+        if seq > self._high:
+            self._high = seq
+            self._events.append((seq, op, payload))
+
+    def _try_lead(self) -> bool:
+        if self._ledger is None:
+            self._ledger = LeaderLedger(open_store(self.url, create=False), create=False, grant_timeout=0.0)
+        led = self._ledger
+        try:
+            led.hold_grant_lease(0.0)
+        except GrantLeaseError:
+            return False
+        # We hold the lease: build the scheduler from the ledger alone.
+        sched = Scheduler(led, self.policy, self.clock, **self.params)
+        led.observer = self._observe
+        self._events = []
+        self._high = led.journal_length  # catches up; what it replays is in the snapshot below
+        self._events = []
+        for block in list(led.blocks()):
+            sched.adopt_block(block.id)
+        waiting = []
+        for cid in list(led.claim_ids()):
+            record = led.claim(cid)
+            sched.replay_arrival(record)
+            if record.state is ClaimState.WAITING:
+                waiting.append(record)
+        for record in waiting:
+            sched.adopt(record, arrival_unlock=False)
+        self._sched = sched
+        self.error = None
+        self._leader.set()
+        logger.info(
+            "took the grant lease on %s: policy %s, %d blocks, %d waiting claims adopted",
+            led.describe(),
+            sched.policy.describe(),
+            led.n_blocks,
+            len(waiting),
+        )
+        return True
+
+    def _tick(self) -> bool:
+        led, sched = self._ledger, self._sched
+        assert led is not None and sched is not None
+        led.journal_length  # noqa: B018 - catch up: the observer collects what others wrote
+        events, self._events = self._events, []
+        for _, op, payload in events:
+            self._adopt(sched, led, op, payload)
+        before = led.journal_length
+        sched.step()
+        return bool(events) or led.journal_length != before
+
+    def _adopt(self, sched: Scheduler, led: SqlLedger, op: str, p: Mapping[str, Any]) -> None:
+        try:
+            if op == "add_block":
+                sched.adopt_block(str(p["id"]))
+            elif op == "add_claim":
+                record = led.claim(str(p["id"]))
+                if record.state is ClaimState.WAITING:
+                    sched.adopt(record)
+                else:  # rejected at once by its submitter (impossible demand): its arrival still counts
+                    sched.replay_arrival(record)
+            elif op in ("reject", "allocate"):
+                sched.drop(str(p["claim"]))
+            elif op == "release":
+                sched.mark_dirty(list(led.claim(str(p["claim"])).claim.blocks))
+            elif op == "unlock":
+                blocks = list(led.blocks())
+                sched.mark_dirty([blocks[int(i)].id for i in p["idx"]])
+            elif op == "retire":
+                sched.mark_dirty([str(p["block"])])
+        except (InvalidStateError, UnknownClaimError) as e:
+            # The claim moved on since the entry (e.g. withdrawn right after it was submitted): nothing to adopt.
+            logger.debug("adopting %s: %s", op, e)
+        except DpfSchedError:
+            raise
