@@ -189,8 +189,16 @@ def _best_summary(result: CompareResult) -> str:
         grp = runs[mask]
         where = " ".join(f"{k}={v}" for k, v in point.items()) or "-"
         row = {"policy": policy, "at": where, "granted": grp["granted"].mean()}
-        for col in ("granted_mice", "granted_elephant", "delay_p50", "delay_p99", "fair_granted_at_arrival"):
-            if col in grp.columns:
+        for col in (
+            "granted_mice",
+            "granted_elephant",
+            "delay_p50",
+            "delay_p99",
+            "fair_granted_at_arrival",
+            "jain_owners",
+            "pass_ms",
+        ):
+            if col in grp.columns and grp[col].notna().any():
                 row[col] = grp[col].mean()
         lines.append(row)
     return pd.DataFrame(lines).round(2).to_string(index=False)
@@ -217,6 +225,14 @@ _BACKEND = click.Choice(["joblib", "ray"])
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes (-1: all cores).")
 @click.option("--backend", default="joblib", show_default=True, type=_BACKEND, help="Local processes or Ray.")
 @click.option("--claims", "per_claim", is_flag=True, help="Also write each run's per-claim table to --out/claims.")
+@click.option(
+    "--engine",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "batch", "scheduler"]),
+    help="auto: the batch simulator where a policy supports it; scheduler: every policy online, pass by pass "
+    "(measures pass_ms, the CPU time of a scheduling pass, for all).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs instead of a table.")
 def compare(
@@ -230,6 +246,7 @@ def compare(
     jobs: int,
     backend: str,
     per_claim: bool,
+    engine: str,
     no_progress: bool,
     as_json: bool,
 ) -> None:
@@ -249,6 +266,7 @@ def compare(
         backend=backend,
         progress=not (as_json or no_progress),
         claims_dir=out / "claims" if per_claim else None,
+        engine=engine,
     )
     paths, plot_note = write_outputs(result, out, workload)
     if as_json:
