@@ -84,3 +84,23 @@ class SchemaVersionError(LedgerStorageError):
 
 class GrantLeaseError(DpfSchedError):
     """Another scheduler loop holds the right to grant on this ledger (only one may grant at a time)."""
+
+
+class ServiceError(DpfSchedError):
+    """The budget service answered in a way that no more specific error describes (an unexpected status code).
+
+    ``status`` is the HTTP status (``None`` when no reply came back) and ``detail`` the server's reason.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str | None = None) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(message)
+
+
+class ServiceAuthError(ServiceError):
+    """The budget service refused the token: missing, unknown or revoked (401), or not allowed here (403)."""
+
+
+class ServiceUnavailableError(ServiceError):
+    """The budget service could not be reached, or kept answering 502/503/504, after every retry."""

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Reason the scheduler records when a claim's deadline passes while it waits (``Scheduler._expire``).
 _TIMEOUT_REASON = "timeout"
+#: Reason recorded when a waiting claim is withdrawn (``Scheduler.withdraw``, the service's withdraw endpoint).
+_WITHDRAWN_REASON = "withdrawn"
 
 
 @runtime_checkable
@@ -36,7 +38,8 @@ class BudgetClient(Protocol):
     """What a training job needs from a budget scheduler, in-process or remote.
 
     Every value crossing it is a core value (:class:`Claim`, :class:`ClaimRecord`, :class:`RenyiCurve`,
-    :class:`BlockSelector`), so an HTTP client only has to serialise them. ``wait`` blocks until the claim is no
+    :class:`BlockSelector`), so an HTTP client only has to serialise them:
+    :class:`dpf_sched.client.ServiceClient` implements it over the budget service. ``wait`` blocks until the claim is no
     longer waiting or ``timeout`` (seconds, or clock units) has passed, and returns the record either way.
     """
 
@@ -146,19 +149,42 @@ def _renyi(value: Budget) -> RenyiCurve:
     return value
 
 
+def _give_up(client: BudgetClient, claim_id: str, record: ClaimRecord) -> ClaimRecord:
+    """Withdraw a claim that is still waiting when the job stops waiting, if the client can; its record then.
+
+    A remote scheduler could otherwise grant the claim just after the job gave up, and that grant would stay
+    allocated with nobody to release it. A claim decided in the meantime (the withdrawal meets a conflict) is
+    returned as it now is, so a grant that came just in time is used rather than lost.
+    """
+    withdraw = getattr(client, "withdraw", None)
+    if not callable(withdraw):
+        return record  # in-process: the claim's own deadline (the same timeout) expires it
+    try:
+        result = withdraw(claim_id)
+    except InvalidStateError:
+        return client.status(claim_id)
+    return result if isinstance(result, ClaimRecord) else client.status(claim_id)
+
+
 def claim_and_wait(client: BudgetClient, claim: Claim, timeout: float) -> ClaimRecord:
     """Submit ``claim`` and wait up to ``timeout`` for its grant; the granted record, or a typed error.
+
+    If the claim is still waiting when ``timeout`` passes and the client can withdraw claims (the service client
+    can), it is withdrawn so that no grant arrives after the job gave up; a grant that won the race is used.
 
     Raises
     ------
     ClaimRejectedError
         The scheduler rejected the claim (the record's reason says why).
     GrantTimeoutError
-        The claim expired at its deadline, or was still waiting when ``timeout`` passed (then the scheduler
-        expires it at its own deadline: give the claim the same timeout, as :class:`BudgetedTraining` does).
+        The claim expired at its deadline, or was still waiting when ``timeout`` passed (then it is withdrawn,
+        or, in process, the scheduler expires it at its own deadline: give the claim the same timeout, as
+        :class:`BudgetedTraining` does).
     """
     claim_id = client.submit(claim)
     record = client.wait(claim_id, timeout)
+    if record.state is ClaimState.WAITING:
+        record = _give_up(client, claim_id, record)
     if record.state is ClaimState.GRANTED:
         logger.info("claim %s granted on %d block(s)", claim_id, len(record.claim.blocks))
         return record
@@ -168,6 +194,10 @@ def claim_and_wait(client: BudgetClient, claim: Claim, timeout: float) -> ClaimR
         if record.reason == _TIMEOUT_REASON:
             raise GrantTimeoutError(
                 f"claim {claim_id} was not granted within its timeout of {timeout:g} and expired", claim_id, record
+            )
+        if record.reason == _WITHDRAWN_REASON:
+            raise GrantTimeoutError(
+                f"claim {claim_id} was not granted within {timeout:g}; it was withdrawn", claim_id, record
             )
         reason = record.reason or "no reason given"
         raise ClaimRejectedError(f"claim {claim_id} was rejected: {reason}", claim_id, record)
