@@ -365,6 +365,11 @@ class Service:
             blocks = list(body.blocks)
         return Claim.uniform(lid, blocks, value, **fields)
 
+    def nudge(self) -> None:
+        """Wake this process's scheduling loop after a write that may allow a grant (see :meth:`LeaderLoop.nudge`)."""
+        if self.leader is not None:
+            self.leader.nudge()
+
     def create_claim(self, p: Principal, body: ClaimCreate) -> tuple[int, ClaimOut]:
         """Create a claim (201), or answer a retried create with the existing claim (200); 409 on reuse."""
         public_id = body.id if body.id is not None else uuid.uuid4().hex
@@ -408,6 +413,8 @@ class Service:
                     bad = claim.blocks[int(possible.argmin())]
                     with contextlib.suppress(InvalidStateError):
                         led.reject(lid, self.now(), f"demand exceeds what block {bad} can ever provide")
+        if created:
+            self.nudge()
         return (201 if created else 200), self.out(p, public_id)
 
     def list_claims(self, p: Principal) -> ClaimList:
@@ -463,6 +470,7 @@ class Service:
                 if seen:
                     raise ApiError(409, "conflict", f"request id {body.request_id!r} was used elsewhere") from e
                 raise
+        self.nudge()  # returned budget may let a waiting claim fit
         return self.out(p, public_id)
 
     def withdraw(self, p: Principal, public_id: str) -> ClaimOut:
@@ -490,7 +498,9 @@ class Service:
         with self.lock:
             block = Block(body.id, capacity, created=self.now(), attributes=body.attributes or {}, guarantee=guarantee)
             self.ledger.add_block(block)
-            return block_out(self.ledger.budgets(block.id))
+            out = block_out(self.ledger.budgets(block.id))
+        self.nudge()
+        return out
 
     def block(self, block_id: str) -> BlockOut:
         """One block's budgets (admin); 404 when unknown."""

@@ -107,6 +107,7 @@ class LeaderLoop:
         self.on_change = on_change
         self.clock = WallClock()
         self._stop = threading.Event()
+        self._nudge = threading.Event()
         self._thread: threading.Thread | None = None
         self._leader = threading.Event()
         self._ledger: LeaderLedger | None = None
@@ -125,9 +126,18 @@ class LeaderLoop:
         self._thread = threading.Thread(target=self._run, name="dpf-sched-leader", daemon=True)
         self._thread.start()
 
+    def nudge(self) -> None:
+        """Run the next step now instead of at the next poll (this process wrote a claim, a release or a block).
+
+        Only the poll interval is saved: a follower's loop ignores it (it is not scheduling), and writes of other
+        processes are still picked up at the leader's next poll.
+        """
+        self._nudge.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the loop and give the lease back."""
         self._stop.set()
+        self._nudge.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -141,7 +151,8 @@ class LeaderLoop:
                 changed = self._tick()
                 if changed and self.on_change is not None:
                     self.on_change()
-                self._stop.wait(self.poll)
+                self._nudge.wait(self.poll)
+                self._nudge.clear()
             except Exception as e:  # a storage failure: step down, reconnect and try again
                 logger.error("scheduler loop failed (%s: %s); stepping down", type(e).__name__, e)
                 self.error = f"{type(e).__name__}: {e}"
