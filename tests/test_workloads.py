@@ -45,6 +45,7 @@ SMALL: list[tuple[str, dict[str, Any]]] = [
     ("macro", {"composition": "basic", "days": 8}),
     ("macro", {"composition": "renyi", "days": 8}),
     ("hetero-renyi", {"duration": 150}),
+    ("packing-mix", {"offline": False, "claims": 150}),
 ]
 IDS = [f"{n}-{p.get('composition', 'renyi')}" for n, p in SMALL]
 
@@ -381,6 +382,14 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("hetero-renyi", {"laplace_fraction": 0.7, "gaussian_fraction": 0.7}),
     ("hetero-renyi", {"rate": -1}),
     ("hetero-renyi", {"composition": "basic"}),
+    ("packing-mix", {"alpha_spread": 1.5}),
+    ("packing-mix", {"blocks_per_claim": 11}),
+    ("packing-mix", {"blocks_distribution": "zipf"}),
+    ("packing-mix", {"share_min": 0.5, "share_max": 0.1}),
+    ("packing-mix", {"share_min": 0}),
+    ("packing-mix", {"offline": "maybe"}),
+    ("packing-mix", {"claims": 2.5}),
+    ("packing-mix", {"block_interval": 0}),
     ("no-such-workload", {}),
 ]
 
@@ -407,6 +416,7 @@ CLI_PARAMS: dict[str, list[str]] = {
     "micro-multi": ["duration=20", "composition=renyi"],
     "macro": ["days=5", "composition=renyi", "mice_fraction=0.5"],
     "hetero-renyi": ["duration=30", "timeout=none"],
+    "packing-mix": ["offline=false", "claims=40", "alpha_spread=0.5"],
 }
 
 
@@ -444,3 +454,89 @@ def test_cli_trace_bad_input_is_a_clean_error(args: list[str]) -> None:
     res = CliRunner().invoke(main, ["trace", *args])
     assert res.exit_code != 0
     assert "error:" in res.output and "Traceback" not in res.output
+
+
+# ----- packing-mix ------------------------------------------------------------------------------------------
+
+
+def _best_orders(wl: Workload, inp: SimInput) -> np.ndarray:
+    """Each claim's best order: where its demand is the smallest share of a block."""
+    cap = inp.blocks.capacity[0]
+    ratio = np.where(cap > 0, inp.claims.demand / np.where(cap > 0, cap, 1.0), np.inf)
+    return np.asarray(MACRO_ALPHAS)[np.argmin(ratio, axis=1)][inp.claims.ptr[:-1]]
+
+
+def test_packing_mix_default_is_the_offline_target_instance() -> None:
+    wl = make_workload("packing-mix")
+    inp = wl.table()
+    assert len(inp.blocks) == 10 and len(inp.claims) == 200
+    assert np.all(inp.blocks.created == 0.0) and np.all(inp.claims.arrival == 0.0)
+    assert wl.header.composition == "renyi" and tuple(wl.header.alphas) == MACRO_ALPHAS
+    # Shares of a block at the best order: a few % to about 30 %; best orders over the whole grid.
+    cap = inp.blocks.capacity[0]
+    share = np.min(np.where(cap > 0, inp.claims.demand / np.where(cap > 0, cap, 1.0), np.inf), axis=1)
+    assert share.min() >= 0.02 * 0.8 and share.max() <= 0.3 + 1e-12
+    assert len(set(_best_orders(wl, inp).tolist())) >= 10
+    assert set(inp.claims.labels) <= {"laplace", "gaussian", "dp-sgd", "composed"}
+    assert len(set(inp.claims.labels)) >= 3
+    # More demand than capacity: packing matters.
+    assert share.sum() * 2 > 2 * len(inp.blocks)
+
+
+def test_packing_mix_alpha_spread() -> None:
+    narrow = make_workload("packing-mix", seed=2, alpha_spread=0.0)
+    assert set(_best_orders(narrow, narrow.table()).tolist()) == {16.0}
+    wide = make_workload("packing-mix", seed=2, alpha_spread=1.0)
+    assert len(set(_best_orders(wide, wide.table()).tolist())) > 8
+    half = make_workload("packing-mix", seed=2, alpha_spread=0.5)
+    orders = set(_best_orders(half, half.table()).tolist())
+    assert 1 < len(orders) < len(set(_best_orders(wide, wide.table()).tolist()))
+    for kd in wide.kinds:  # every curve is k compositions of one unit mechanism from the accountant
+        k = int(kd.params["repeats"])
+        if kd.mechanism == "laplace":
+            np.testing.assert_allclose(kd.demand.values, k * laplace_rdp(MACRO_ALPHAS, kd.params["scale"]))  # type: ignore[union-attr]
+        elif kd.mechanism == "gaussian":
+            np.testing.assert_allclose(kd.demand.values, k * gaussian_rdp(MACRO_ALPHAS, kd.params["sigma"]))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("dist", ["uniform", "fixed", "geometric"])
+def test_packing_mix_blocks_per_claim(dist: str) -> None:
+    inp = make_workload("packing-mix", seed=1, blocks_per_claim=4, blocks_distribution=dist, claims=400).table()
+    widths = inp.claims.n_blocks
+    assert widths.min() >= 1 and widths.max() <= 4
+    if dist == "fixed":
+        assert np.all(widths == 4)
+    elif dist == "uniform":
+        assert set(widths.tolist()) == {1, 2, 3, 4}
+    else:
+        assert (widths == 1).sum() > (widths == 2).sum() > (widths == 4).sum()
+    for k in range(len(inp.claims)):  # consecutive blocks
+        b = rows_of(inp, k)
+        assert np.all(np.diff(b) == 1)
+
+
+def test_packing_mix_online() -> None:
+    wl = make_workload("packing-mix", seed=5, offline=False, blocks=12, claims=300, block_interval=2.0)
+    inp = wl.table()
+    np.testing.assert_array_equal(inp.blocks.created, np.arange(12) * 2.0)
+    assert wl.header.end == 24.0 and wl.mean_interarrival == pytest.approx(24.0 / 300)
+    arr = inp.claims.arrival
+    assert np.all(np.diff(arr) >= 0) and arr.max() < 24.0 and within(len(arr), 600, 0.5)
+    for k in range(len(inp.claims)):  # the most recent blocks at arrival
+        b = rows_of(inp, k)
+        assert inp.blocks.created[b].max() <= arr[k]
+        assert b.max() == np.searchsorted(inp.blocks.created, arr[k], side="right") - 1
+
+
+def test_packing_mix_offline_flag_from_text() -> None:
+    assert make_workload("packing-mix", offline="false", claims=50).table().claims.arrival.max() > 0
+    assert make_workload("packing-mix", offline="true").table().claims.arrival.max() == 0
+
+
+def test_packing_mix_offline_is_deterministic_per_seed() -> None:
+    a, b = make_workload("packing-mix", seed=9), make_workload("packing-mix", seed=9)
+    assert_same_input(a.table(), b.table())
+    assert written(a) == written(b)
+    assert_same_input(a.table(), tables_from_trace(read_trace(io.StringIO(written(a))), a.header.end))
+    other = make_workload("packing-mix", seed=10).table()
+    assert not np.array_equal(a.table().claims.demand[:50], other.claims.demand[:50])

@@ -18,16 +18,21 @@ from typing import Any
 
 from dpf_sched.errors import UnknownPolicyError
 from dpf_sched.policies.base import Policy
+from dpf_sched.policies.dpack import DPack
 from dpf_sched.policies.dpf import DPFN, DPFT
 from dpf_sched.policies.drf import DRF
 from dpf_sched.policies.fcfs import FCFS
+from dpf_sched.policies.hybrid import DPFPack
+from dpf_sched.policies.optimal import Optimal
 from dpf_sched.policies.round_robin import RRN, RRT
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dpf_sched.policies"
 
-_BUILTIN: dict[str, type[Policy]] = {cls.name: cls for cls in (FCFS, DRF, DPFN, DPFT, RRN, RRT)}
+_BUILTIN: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (FCFS, DRF, DPFN, DPFT, RRN, RRT, DPack, DPFPack, Optimal)
+}
 _extra: dict[str, type[Policy]] = {}
 
 

@@ -153,9 +153,18 @@ def _check_n(values: Sequence[Any]) -> list[int]:
 
 
 def _policy_run(
-    cls_params: Mapping[str, Any], point: Mapping[str, Any], mean_interarrival: float
+    cls_params: Mapping[str, Any], point: Mapping[str, Any], mean_interarrival: float, cls: type[Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(policy parameters, grid coordinates used) of one policy at one grid point (module docstring)."""
+    """(policy parameters, grid coordinates used) of one policy at one grid point (module docstring).
+
+    A policy class may declare ``active_params(config) -> set of names``: the parameters that matter for that
+    configuration (``optimal`` ignores ``N`` and ``T`` unless its unlocking uses them); the others are treated
+    as if the policy did not declare them, so their axes do not multiply its runs.
+    """
+    active = getattr(cls, "active_params", None)
+    if callable(active):
+        keys = set(active({k: v for k, v in point.items() if k in cls_params}))
+        cls_params = {k: v for k, v in cls_params.items() if k in keys}
     params: dict[str, Any] = {}
     used: dict[str, Any] = {}
     for key, value in point.items():
@@ -244,7 +253,9 @@ def plan_runs(
             if wl.header.composition == "renyi" and not cls.supports_renyi:
                 raise InvalidParameterError(f"policy {name} supports basic composition only (workload {workload})")
             for pvals in pol_points:
-                params, used = _policy_run(cls.params, dict(zip(policy_axes, pvals, strict=True)), wl.mean_interarrival)
+                params, used = _policy_run(
+                    cls.params, dict(zip(policy_axes, pvals, strict=True)), wl.mean_interarrival, cls
+                )
                 ident = json.dumps([name, sorted(wpoint.items()), sorted(used.items())], default=str)
                 if ident in seen:
                     continue

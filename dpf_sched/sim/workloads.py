@@ -330,6 +330,20 @@ def _composition(value: Any) -> bool:
     return bool(value == "renyi")
 
 
+def _flag(name: str, value: Any) -> bool:
+    """A boolean parameter: a bool, 0/1, or true/false/yes/no (the command line passes text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidParameterError(f"workload parameter {name} must be true or false, got {value!r}")
+
+
 def _expected_claims(rate: float, duration: float) -> None:
     if rate * duration > MAX_EXPECTED_CLAIMS:
         raise InvalidParameterError(
@@ -933,6 +947,276 @@ def hetero_renyi(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Packing mix: heterogeneous best orders, a knob for their spread, offline or online
+# --------------------------------------------------------------------------------------------------------------
+
+#: Laplace scales b of the packing-mix units (sensitivity 1): from saturated curves (best α at the top of the
+#: grid) through ones whose best order moves down the grid as b grows (see docs/workloads.md).
+PACKING_LAPLACE_SCALES: tuple[float, ...] = tuple(float(round(b, 4)) for b in np.geomspace(0.5, 6.0, 40))
+#: Gaussian noise σ of the packing-mix units (sensitivity 1).
+PACKING_GAUSSIAN_SIGMAS: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0)
+#: DP-SGD units: (noise multiplier, sampling rate, steps); their curves bend up steeply, best α = 3–5.
+PACKING_DP_SGD: tuple[tuple[float, float, int], ...] = tuple(
+    (s, q, t) for s in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2) for q in (0.001, 0.003, 0.01) for t in (100, 300)
+)
+#: Composed units, a Laplace release plus a Gaussian one (b, σ): curves between linear and flat, best α 5–48.
+PACKING_COMPOSED: tuple[tuple[float, float], ...] = tuple(
+    (b, s) for b in (0.7, 1.0, 1.4, 2.0, 2.8, 4.0) for s in (4.0, 8.0, 16.0, 32.0, 64.0)
+)
+#: Repetition counts: a claim's demand is ``k`` compositions of one unit (RDP adds up under composition, so the
+#: curve is k times the unit's and its best order is the unit's).
+PACKING_REPEATS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+#: Smallest share of a block (at its best order) of a unit worth keeping (smaller ones would need more repeats).
+PACKING_MIN_UNIT_SHARE = 0.0025
+BLOCK_DISTRIBUTIONS = ("uniform", "fixed", "geometric")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One mechanism run once: its family label, name, parameters and RDP curve."""
+
+    label: str
+    name: str
+    mechanism: str
+    params: Mapping[str, float]
+    curve: FloatArray
+
+
+def _packing_units(a: FloatArray) -> list[_Unit]:
+    units = [
+        _Unit("laplace", f"laplace-b{b:g}", "laplace", {"scale": b}, laplace_rdp(a, b)) for b in PACKING_LAPLACE_SCALES
+    ]
+    units += [
+        _Unit("gaussian", f"gaussian-s{s:g}", "gaussian", {"sigma": s}, gaussian_rdp(a, s))
+        for s in PACKING_GAUSSIAN_SIGMAS
+    ]
+    for s, q, t in PACKING_DP_SGD:  # Mironov, Talwar & Zhang 2019
+        params = {"noise_multiplier": s, "sample_rate": q, "steps": float(t)}
+        units.append(
+            _Unit("dp-sgd", f"dp-sgd-s{s:g}-q{q:g}-T{t}", "dp-sgd", params, subsampled_gaussian_rdp(a, s, q, t))
+        )
+    for b, s in PACKING_COMPOSED:  # composition of two releases: the curves add (Mironov 2017, Prop. 1)
+        curve = laplace_rdp(a, b) + gaussian_rdp(a, s)
+        units.append(_Unit("composed", f"laplace-b{b:g}+gaussian-s{s:g}", "composed", {"scale": b, "sigma": s}, curve))
+    return units
+
+
+@functools.lru_cache(maxsize=16)
+def _packing_catalog(
+    alphas: tuple[float, ...], block_epsilon: float, block_delta: float, share_min: float, share_max: float
+) -> tuple[tuple[ClaimKind, ...], IntArray, IntArray, FloatArray, IntArray]:
+    """The kinds of a packing mix and how to draw them.
+
+    Returns ``(kinds, best, unit_of, share, usable)``: per kind its best order's index in the grid, the unit it
+    repeats and its share of a block there; ``usable`` lists the grid indices of the block's usable orders.
+    """
+    grid = AlphaGrid(alphas)
+    a = grid.array
+    cap = np.asarray(EpsDelta(block_epsilon, block_delta).to_renyi(grid, "classic").values, dtype=np.float64)
+    usable = np.flatnonzero(cap > 0).astype(np.int64)
+    kinds: list[ClaimKind] = []
+    best: list[int] = []
+    unit_of: list[int] = []
+    share: list[float] = []
+    for u, unit in enumerate(_packing_units(a)):
+        ratio = np.where(cap > 0, unit.curve / np.where(cap > 0, cap, 1.0), np.inf)
+        j = int(np.argmin(ratio))
+        s1 = float(ratio[j])
+        if not (PACKING_MIN_UNIT_SHARE <= s1 <= share_max and np.all(np.isfinite(unit.curve))):
+            continue
+        for k in PACKING_REPEATS:
+            s = k * s1
+            if s > share_max:
+                break
+            if s < share_min:
+                continue
+            curve = k * unit.curve
+            if unit.mechanism == "laplace":  # k Laplace releases of scale b: pure (k/b)-DP
+                eps, delta = k / unit.params["scale"], 0.0
+            else:
+                eps, delta = rdp_to_epsilon(a, curve, HETERO_DELTA, "classic")[0], HETERO_DELTA
+            params = {**unit.params, "repeats": float(k)}
+            kinds.append(
+                ClaimKind(f"{unit.name}x{k}", unit.label, unit.mechanism, eps, delta, RenyiCurve(grid, curve), params)
+            )
+            best.append(j)
+            unit_of.append(u)
+            share.append(s)
+    return (
+        tuple(kinds),
+        np.asarray(best, dtype=np.int64),
+        np.asarray(unit_of, dtype=np.int64),
+        np.asarray(share, dtype=np.float64),
+        usable,
+    )
+
+
+def packing_mix(
+    seed: int = 0,
+    offline: bool | str = True,
+    blocks: int = 10,
+    claims: int = 200,
+    alpha_spread: float = 1.0,
+    blocks_per_claim: int = 3,
+    blocks_distribution: str = "uniform",
+    share_min: float = 0.02,
+    share_max: float = 0.3,
+    block_interval: float = 1.0,
+    duration: float | None = None,
+    timeout: float | str | None = None,
+    block_epsilon: float = MACRO_BLOCK.epsilon,
+    block_delta: float = MACRO_BLOCK.delta,
+) -> Workload:
+    """Heterogeneous Rényi mix for packing: claims whose best orders α spread over a tunable part of the grid.
+
+    Blocks of (ε_G, δ_G) = (10, 1e-7) (classic conversion on :data:`MACRO_ALPHAS`). Each claim is ``k``
+    repetitions of one *unit* mechanism — Laplace, Gaussian, DP-SGD (subsampled Gaussian) or a composed
+    Laplace + Gaussian release — so its curve is ``k`` times the unit's (RDP composition) and its best order (the
+    order of its smallest share of a block) is the unit's. A claim draws, independently:
+
+    1. its best order: uniform over the window of usable grid orders around the middle one that
+       ``alpha_spread`` opens (0: only the middle order, α = 16; 1: the whole grid; orders no unit reaches are
+       skipped);
+    2. a unit uniformly among those with that best order;
+    3. a target share of a block, log-uniform on ``[share_min, share_max]``; ``k`` is the repetition count (from
+       :data:`PACKING_REPEATS`) that brings the unit's share closest to it (in ratio);
+    4. its number of blocks ``1 … blocks_per_claim`` (``blocks_distribution``: uniform, always the maximum, or
+       geometric ``P(k) ∝ 2^-k``), a window of consecutive blocks: at a uniform position offline, the most
+       recent ones online.
+
+    Offline (default): every block and every claim is there at t = 0 (exactly ``claims`` claims), the run ends
+    at ``duration`` (default 1). Online: block j is created at ``j × block_interval``, claims arrive as a Poisson
+    process of ``claims`` expected arrivals on ``[0, duration)`` (default ``blocks × block_interval``).
+
+    Args:
+        seed: Random seed (non-negative integer).
+        offline: All claims and blocks at t = 0 (``True``) or arrivals over time (``False``).
+        blocks: Number of blocks.
+        claims: Number of claims (offline) or expected number (online).
+        alpha_spread: Spread of the claims' best orders over the grid, in [0, 1].
+        blocks_per_claim: Largest number of blocks a claim asks for (at most ``blocks``).
+        blocks_distribution: ``"uniform"``, ``"fixed"`` or ``"geometric"`` number of blocks per claim.
+        share_min: Smallest share of a block a claim takes at its best order, in (0, 1].
+        share_max: Largest share, in [share_min, 1].
+        block_interval: Time between block creations (online).
+        duration: End time (offline default 1; online default ``blocks × block_interval``).
+        timeout: Time a claim may wait (``None``: forever).
+        block_epsilon: ε_G of every block.
+        block_delta: δ_G of every block.
+
+    Returns:
+        The workload.
+
+    Raises:
+        InvalidParameterError: On a value out of its domain.
+    """
+    seed = _seed(seed)
+    off = _flag("offline", offline)
+    n_blocks = _integer("blocks", blocks)
+    n_claims = _number("claims", claims)
+    if n_claims < 0 or (off and not n_claims.is_integer()):
+        raise InvalidParameterError(f"workload parameter claims must be a non-negative integer, got {claims!r}")
+    spread = _fraction("alpha_spread", alpha_spread)
+    k_max = _integer("blocks_per_claim", blocks_per_claim)
+    if k_max > n_blocks:
+        raise InvalidParameterError(f"workload parameter blocks_per_claim ({k_max}) exceeds blocks ({n_blocks})")
+    dist = str(blocks_distribution).strip().lower()
+    if dist not in BLOCK_DISTRIBUTIONS:
+        raise InvalidParameterError(
+            f"workload parameter blocks_distribution must be one of {', '.join(BLOCK_DISTRIBUTIONS)}, got "
+            f"{blocks_distribution!r}"
+        )
+    lo_share = _number("share_min", share_min)
+    hi_share = _number("share_max", share_max)
+    if not 0.0 < lo_share <= hi_share <= 1.0:
+        raise InvalidParameterError(f"need 0 < share_min ≤ share_max ≤ 1, got {share_min!r} and {share_max!r}")
+    interval = _positive("block_interval", block_interval)
+    dur = _positive("duration", duration if duration is not None else (1.0 if off else n_blocks * interval))
+    to = _timeout(timeout)
+    guarantee = EpsDelta(_positive("block_epsilon", block_epsilon), _unit_open("block_delta", block_delta))
+    _expected_claims(n_claims, 1.0)
+    grid = AlphaGrid(MACRO_ALPHAS)
+    capacity = _block_capacity(guarantee, grid)
+    kinds, best, unit_of, share, usable = _packing_catalog(
+        grid.orders, guarantee.epsilon, guarantee.delta, lo_share, hi_share
+    )
+    reached = [int(j) for j in usable.tolist() if np.any(best == j)]
+    if not reached:
+        raise InvalidParameterError(
+            f"no claim kind takes between {lo_share} and {hi_share} of a block of ({guarantee.epsilon}, "
+            f"{guarantee.delta}) at its best order; widen [share_min, share_max]"
+        )
+    # The window of best orders: grid positions around the middle usable order, opened by alpha_spread.
+    m = int(usable.size)
+    centre = (m - 1) // 2
+    first = round(centre - spread * centre)
+    last = round(centre + spread * (m - 1 - centre))
+    window = [j for j in usable[first : last + 1].tolist() if j in reached]
+    if not window:  # the middle order is not reached by any unit: take the reached order nearest to it
+        window = [min(reached, key=lambda j: (abs(j - int(usable[centre])), j))]
+    # Units of each order in the window, and each unit's kinds (sorted by share).
+    units_at = {j: np.unique(unit_of[best == j]) for j in window}
+    kinds_of = {int(u): np.flatnonzero(unit_of == u) for u in np.unique(unit_of)}
+    if dist == "uniform":
+        width_p = np.full(k_max, 1.0 / k_max)
+    elif dist == "fixed":
+        width_p = np.zeros(k_max)
+        width_p[-1] = 1.0
+    else:
+        width_p = 0.5 ** np.arange(1, k_max + 1)
+        width_p /= width_p.sum()
+    params = {
+        "offline": off,
+        "blocks": n_blocks,
+        "claims": int(n_claims) if n_claims.is_integer() else n_claims,
+        "alpha_spread": spread,
+        "blocks_per_claim": k_max,
+        "blocks_distribution": dist,
+        "share_min": lo_share,
+        "share_max": hi_share,
+        "block_interval": interval,
+        "duration": dur,
+        "timeout": to,
+        "block_epsilon": guarantee.epsilon,
+        "block_delta": guarantee.delta,
+    }
+    header = _header("packing-mix", grid, seed, params, dur)
+    comp = header.make_composition()
+    created = np.zeros(n_blocks) if off else np.arange(n_blocks, dtype=np.float64) * interval
+    log_share = np.log(share)
+
+    def build() -> GeneratedRun:
+        arrivals_rng, kinds_rng, widths_rng = _streams(seed, 3)
+        arrival = np.zeros(int(n_claims)) if off else _poisson_arrivals(arrivals_rng, n_claims / dur, dur)
+        n = len(arrival)
+        order_pick = kinds_rng.integers(0, len(window), size=n)
+        unit_pick = kinds_rng.random(n)
+        target = np.log(lo_share) + kinds_rng.random(n) * (np.log(hi_share) - np.log(lo_share))
+        unit = np.empty(n, dtype=np.int64)
+        for w, j in enumerate(window):
+            sel = order_pick == w
+            us = units_at[j]
+            unit[sel] = us[np.minimum((unit_pick[sel] * us.size).astype(np.int64), us.size - 1)]
+        kind = np.empty(n, dtype=np.int64)
+        for u in np.unique(unit).tolist():  # the unit's repetition count whose share is nearest the target
+            sel = unit == u
+            ks = kinds_of[u]
+            kind[sel] = ks[np.argmin(np.abs(log_share[ks][None, :] - target[sel][:, None]), axis=1)]
+        widths = (widths_rng.choice(k_max, size=n, p=width_p) + 1).astype(np.int64)
+        if off:
+            starts = np.floor(widths_rng.random(n) * (n_blocks - widths + 1)).astype(np.int64)
+        else:
+            latest = _latest_block(created, arrival)
+            widths = np.minimum(widths, latest + 1)
+            starts = latest - widths + 1
+        ptr, block = _windows(starts, widths)
+        return _assemble(header, comp, kinds, capacity, created, arrival, to, kind, ptr, block)
+
+    mean_gap = dur / n_claims if n_claims > 0 else dur
+    return Workload("packing-mix", header, mean_gap, kinds, capacity, guarantee, build)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
 
@@ -941,6 +1225,7 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
     "micro-multi": micro_multi,
     "macro": macro,
     "hetero-renyi": hetero_renyi,
+    "packing-mix": packing_mix,
 }
 
 
