@@ -197,6 +197,8 @@ def _best_summary(result: CompareResult) -> str:
             "fair_granted_at_arrival",
             "jain_owners",
             "pass_ms",
+            "of_optimal",
+            "optimal_proven",
         ):
             if col in grp.columns and grp[col].notna().any():
                 row[col] = grp[col].mean()

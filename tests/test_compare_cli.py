@@ -208,3 +208,26 @@ def test_scheduler_engine_measures_passes_and_gives_the_same_grants() -> None:
     assert auto.runs["pass_ms"].isna().all()
     with pytest.raises(InvalidParameterError, match="engine"):
         compare("micro-single", ["fcfs"], engine="warp", **kw)
+
+
+def test_share_of_the_optimum_offline() -> None:
+    res = compare(
+        "packing-mix",
+        ["fcfs", "dpf-n", "optimal"],
+        {"N": [1]},
+        seeds=[0, 1],
+        workload_params={"claims": 30},
+    )
+    runs = res.runs
+    opt = runs[runs["policy"] == "optimal"]
+    assert (opt["of_optimal"] == 1.0).all()
+    assert opt["optimal_proven"].astype(bool).all()  # 30 claims: proven at once
+    assert (opt["optimal_bound"] >= opt["granted"] - 1e-9).all()
+    others = runs[runs["policy"] != "optimal"]
+    # Offline and proven: nobody grants more than the optimum; the share is granted / optimum of the same seed.
+    assert (others["of_optimal"] <= 1.0 + 1e-12).all()
+    for _, row in others.iterrows():
+        best = float(opt[opt["seed"] == row["seed"]]["granted"].iloc[0])
+        assert row["of_optimal"] == pytest.approx(row["granted"] / best)
+    without = compare("packing-mix", ["fcfs"], {"N": [1]}, workload_params={"claims": 30})
+    assert "of_optimal" not in without.runs.columns

@@ -335,6 +335,14 @@ class Policy(ABC):
         """
         return None
 
+    def report(self) -> dict[str, Any]:
+        """Extra columns for the summary of a run this policy scheduled (``compare`` tables); none by default.
+
+        A policy whose work has a quality of its own to report says it here (``optimal``: whether every pass was
+        proven optimal, and the last pass's proven bound), so a comparison never hides a non-proven "optimum".
+        """
+        return {}
+
     def describe(self) -> str:
         """Name and parameters, for logs and reports."""
         args = ", ".join(f"{k}={v}" for k, v in self.config.items())

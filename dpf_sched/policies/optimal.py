@@ -24,6 +24,7 @@ that just arrived and those waiting on blocks that gained budget (``PassContext.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -99,6 +100,16 @@ class Optimal(Policy):
         elif mode == "arrival":
             keys |= set(ARRIVAL_PARAMS)
         return keys
+
+    def report(self) -> dict[str, Any]:
+        """``optimal_proven`` (every pass proven optimal), ``optimal_bound`` and ``optimal_gap`` of the last
+        pass that solved something (offline, a single pass: the proven upper bound on the optimum)."""
+        last = self.last_result
+        return {
+            "optimal_proven": self.unproven_passes == 0,
+            "optimal_bound": float(last.bound) if last is not None else math.nan,
+            "optimal_gap": float(last.gap) if last is not None else math.nan,
+        }
 
     def make_unlocker(self) -> Unlocker:
         mode = self.config["unlocking"]

@@ -62,6 +62,8 @@ FloatArray = NDArray[np.float64]
 #: The N grid of the single-block basic microbenchmark (Fig. 6a), the default comparison.
 DEFAULT_N_GRID: tuple[int, ...] = (1, 10, 50, 75, 100, 125, 175, 200, 225, 275, 325)
 DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "dpf-n", "dpf-t", "rr-n")
+#: The policy whose grants the ``of_optimal`` column divides by, when it is among the compared policies.
+OPTIMAL = "optimal"
 BACKENDS: tuple[str, ...] = ("joblib", "ray")
 #: Columns of every run row that are not grid axes or metrics.
 RUN_COLUMNS: tuple[str, ...] = ("run", "workload", "policy", "seed", "engine", "replay_s", "params")
@@ -294,7 +296,8 @@ def _execute(task: _Task) -> list[RunOutput]:
     for spec in task.specs:
         inp = _cached_input(spec.workload, spec.workload_params, spec.seed)
         started = time.perf_counter()
-        result = replay_input(inp, spec.policy, dict(spec.params), engine=task.engine)
+        policy = create_policy(spec.policy, **spec.params)
+        result = replay_input(inp, policy, engine=task.engine)
         seconds = time.perf_counter() - started
         row: dict[str, Any] = {
             "run": spec.index,
@@ -303,6 +306,7 @@ def _execute(task: _Task) -> list[RunOutput]:
             **spec.point,
             "seed": spec.seed,
             **run_summary(result, inp, spec.fair_n),
+            **policy.report(),
             "engine": result.engine,
             "replay_s": seconds,
             "params": json.dumps(dict(spec.params), sort_keys=True),
@@ -480,8 +484,36 @@ def compare(
     for col in metric_cols:  # a class absent from a run (no elephants at mice_fraction = 1) counts 0 claims
         if col.split("_", 1)[0] in ("granted", "rejected", "waiting"):
             df[col] = df[col].fillna(0).astype(np.int64)
+    if OPTIMAL in policies:
+        df["of_optimal"] = _share_of_optimal(df, runs)
+        metric_cols.append("of_optimal")
     df = df[["run", "workload", "policy", *axes, "seed", *metric_cols, "engine", "replay_s", "params"]]
     return CompareResult(workload, tuple(policies), axes, df.reset_index(drop=True), [kept[i] for i in order])
+
+
+def _share_of_optimal(df: pd.DataFrame, runs: Sequence[RunSpec]) -> pd.Series:
+    """Per run, its granted claims as a share of what ``optimal`` granted on the same workload point and seed.
+
+    Offline (every claim at t = 0, everything unlocked) the ``optimal`` run is one pass of the packing MILP, so
+    this is the share of the optimum — proven where the run's ``optimal_proven`` is true, otherwise of the best
+    solution found (``optimal_bound`` then bounds the optimum). Workload claims all have weight 1, so counts
+    are weights. Online, ``optimal`` is a per-pass optimum, not a clairvoyant one, and the share can exceed 1.
+    """
+    by_index = {spec.index: spec for spec in runs}
+
+    def key(spec: RunSpec) -> str:
+        return json.dumps([spec.seed, sorted(spec.workload_params.items())], default=str)
+
+    best = {
+        key(by_index[int(r)]): float(g)
+        for r, p, g in zip(df["run"], df["policy"], df["granted"], strict=True)
+        if p == OPTIMAL
+    }
+    shares = []
+    for r, g in zip(df["run"], df["granted"], strict=True):
+        opt = best.get(key(by_index[int(r)]), math.nan)
+        shares.append(float(g) / opt if opt > 0 else math.nan)
+    return pd.Series(shares, index=df.index, dtype=np.float64)
 
 
 # ----- tables and plots -------------------------------------------------------------------------------------
