@@ -196,6 +196,7 @@ def _best_summary(result: CompareResult) -> str:
             "delay_p99",
             "fair_granted_at_arrival",
             "jain_owners",
+            "jain_classes",
             "pass_ms",
             "of_optimal",
             "optimal_proven",
@@ -235,6 +236,13 @@ _BACKEND = click.Choice(["joblib", "ray"])
     help="auto: the batch simulator where a policy supports it; scheduler: every policy online, pass by pass "
     "(measures pass_ms, the CPU time of a scheduling pass, for all).",
 )
+@click.option(
+    "--fair-n",
+    default=None,
+    type=int,
+    help="Count fair-demand claims (share at or below 1/N) against this N for every policy, FCFS and DPack "
+    "included (default: each policy's own N).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs instead of a table.")
 def compare(
@@ -249,6 +257,7 @@ def compare(
     backend: str,
     per_claim: bool,
     engine: str,
+    fair_n: int | None,
     no_progress: bool,
     as_json: bool,
 ) -> None:
@@ -269,6 +278,7 @@ def compare(
         progress=not (as_json or no_progress),
         claims_dir=out / "claims" if per_claim else None,
         engine=engine,
+        fair_n=fair_n,
     )
     paths, plot_note = write_outputs(result, out, workload)
     if as_json:

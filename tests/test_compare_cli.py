@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from typing import Any
@@ -231,3 +232,14 @@ def test_share_of_the_optimum_offline() -> None:
         assert row["of_optimal"] == pytest.approx(row["granted"] / best)
     without = compare("packing-mix", ["fcfs"], {"N": [1]}, workload_params={"claims": 30})
     assert "of_optimal" not in without.runs.columns
+
+
+def test_fair_n_measures_every_policy_by_the_same_n() -> None:
+    kw: dict[str, Any] = {"workload_params": {"duration": 60.0}, "grid": {"N": [5]}}
+    own = compare("micro-single", ["fcfs", "dpf-n"], **kw).runs.set_index("policy")
+    same = compare("micro-single", ["fcfs", "dpf-n"], fair_n=5, **kw).runs.set_index("policy")
+    assert math.isnan(own.loc["fcfs", "fair_granted_at_arrival"])
+    assert not math.isnan(same.loc["fcfs", "fair_granted_at_arrival"])
+    assert same.loc["dpf-n", "fair_granted_at_arrival"] == own.loc["dpf-n", "fair_granted_at_arrival"]
+    with pytest.raises(InvalidParameterError):
+        compare("micro-single", ["fcfs"], fair_n=0, **kw)

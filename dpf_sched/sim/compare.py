@@ -190,8 +190,12 @@ def plan_runs(
     grid: Mapping[str, Sequence[Any]] | None = None,
     seeds: Sequence[int] = (0,),
     workload_params: Mapping[str, Any] | None = None,
+    fair_n: int | None = None,
 ) -> tuple[dict[str, tuple[Any, ...]], list[RunSpec]]:
     """Validate a comparison and list its runs; returns ``(axes, runs)``.
+
+    ``fair_n``, when given, is the N against which every run counts its fair-demand claims (so policies without
+    an N, such as FCFS or DPack, are measured by the same yardstick); otherwise each run uses its own N.
 
     Every input error is raised here, before any run starts: an unknown workload, policy or parameter, an
     empty list, a bad value (``N`` ≤ 0, a negative rate...), or a policy that cannot serve the workload's
@@ -266,7 +270,7 @@ def plan_runs(
                 if pkey not in checked:  # bad values (strict=maybe, T=-1...) fail before any run
                     create_policy(name, **params)
                     checked.add(pkey)
-                n = params.get("N", used.get("N"))
+                n = fair_n if fair_n is not None else params.get("N", used.get("N"))
                 for seed in seed_list:
                     point = {**used, **wpoint}
                     runs.append(RunSpec(len(runs), workload, wparams, seed, name, params, point, n))
@@ -419,6 +423,7 @@ def compare(
     progress: bool = False,
     claims_dir: str | Path | None = None,
     engine: str = "auto",
+    fair_n: int | None = None,
 ) -> CompareResult:
     """Run every (policy, grid point, seed) of a comparison (module docstring) and collect the results.
 
@@ -444,7 +449,9 @@ def compare(
         raise InvalidParameterError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if backend == "ray":
         _import_ray()  # a clear error before planning anything
-    axes, runs = plan_runs(workload, policies, grid, seeds, workload_params)
+    if fair_n is not None:
+        fair_n = _check_n([fair_n])[0]
+    axes, runs = plan_runs(workload, policies, grid, seeds, workload_params, fair_n)
     cdir = None
     if claims_dir is not None:
         Path(claims_dir).mkdir(parents=True, exist_ok=True)
