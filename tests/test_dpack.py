@@ -5,10 +5,15 @@ rule, and DPack packing more than DPF on a heterogeneous Rényi instance."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_policy_contract import InvariantObserver
 from tracegen import random_trace, write_jsonl
 
@@ -16,14 +21,16 @@ from dpf_sched.block import Block
 from dpf_sched.budget import AlphaGrid, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock
-from dpf_sched.composition import BasicComposition, RenyiComposition
+from dpf_sched.composition import REL_TOL, BasicComposition, Composition, RenyiComposition
 from dpf_sched.errors import InvalidParameterError
 from dpf_sched.ledger import MemoryLedger
 from dpf_sched.policies import available, create_policy
+from dpf_sched.policies import dpack as dpack_module
 from dpf_sched.policies.dpack import DPack, fitting, pack, packing_start
 from dpf_sched.policies.hybrid import DPFPack
 from dpf_sched.properties.search import to_input
-from dpf_sched.scheduler import Scheduler
+from dpf_sched.queue import QueuedClaim
+from dpf_sched.scheduler import Scheduler, share_key
 from dpf_sched.sim.replay import replay, replay_input
 
 GRID = AlphaGrid((2.0, 4.0, 8.0))
@@ -323,3 +330,231 @@ def test_dpack_grants_more_than_dpf_on_heterogeneous_renyi(seed: int) -> None:
     offline = to_input([dict(o, time=0.0) if o["kind"] == "claim" else o for o in lines])
     n_drf = replay_input(offline, "drf", {}).counts.get("granted", 0)
     assert replay_input(offline, "dpack", {}).counts.get("granted", 0) > n_drf
+
+
+# ----- the optimised packing against an obviously-correct one ---------------------------------------------
+
+
+def reference_pack(
+    claims: list[QueuedClaim],
+    avail: np.ndarray,
+    capacity: np.ndarray,
+    comp: Composition,
+    k: int = 1,
+    tie_break: str = "lexicographic",
+) -> tuple[list[int], dict[int, int], dict[int, float]]:
+    """DPack's packing written straight from the module docstring of dpf_sched/policies/dpack.py, slowly: the
+    handles granted in order, and the best orders and efficiencies before the first grant. ``avail`` is updated
+    in place, one grant after the other."""
+    renyi = comp.name == "renyi"
+    tol = capacity * REL_TOL
+    usable = capacity > 0
+
+    def fits(q: QueuedClaim) -> bool:
+        return bool(comp.fits(q.demand, avail[q.idx], capacity[q.idx]).all())
+
+    def key(q: QueuedClaim) -> tuple[Any, ...]:
+        return (q.dominant_share, q.seq) if tie_break == "arrival" else (q.shares, q.seq)
+
+    cand = sorted((q for q in claims if fits(q)), key=key)  # stable: input order among equal keys
+    rows = [sorted(zip(q.idx.tolist(), q.demand, strict=True), key=lambda r: r[0]) for q in cand]
+    live = set(range(len(cand)))
+    alpha: dict[int, int] = {}
+    snap: dict[int, np.ndarray] = {}  # per block: the available budget when it was last recomputed
+
+    def greedy_count(b: int, a: int) -> int:
+        """How many live candidates' smallest demands on block b at order a fit cumulatively."""
+        total, n = 0.0, 0
+        for d in sorted(float(d[a]) for c in live for j, d in rows[c] if j == b):
+            total += d
+            if total > avail[b, a] + tol[b, a]:
+                break
+            n += 1
+        return n
+
+    def recompute(blocks: set[int]) -> None:
+        for b in sorted(blocks):
+            if renyi:
+                counts = [(greedy_count(b, a), -a) for a in range(capacity.shape[1]) if usable[b, a]]
+                alpha[b] = -max(counts)[1] if counts else 0
+            snap[b] = avail[b].copy()
+
+    def term(b: int, d: np.ndarray) -> float:
+        av = snap[b]
+        cols = [alpha[b]] if renyi else [c for c in range(capacity.shape[1]) if usable[b, c]]
+        ratios = [d[c] / av[c] if av[c] > 0 else (math.inf if d[c] > 0 else 0.0) for c in cols]
+        return max(ratios, default=0.0)
+
+    def efficiency(c: int) -> float:
+        denom = 0.0
+        for b, d in rows[c]:
+            denom += term(b, d)
+        return cand[c].weight / denom if denom > 0 else math.inf
+
+    recompute({b for r in rows for b, _ in r})
+    start_orders = dict(alpha) if renyi else {b: 0 for b in snap}
+    start_eff = {cand[c].handle: efficiency(c) for c in live}
+    out: list[int] = []
+    touched: set[int] = set()
+    while live:
+        best = max(live, key=lambda c: (efficiency(c), -c))  # ties: the first in DPF's order
+        q = cand[best]
+        out.append(q.handle)
+        live.discard(best)
+        for b, d in rows[best]:
+            avail[b] -= d
+        live = {c for c in live if fits(cand[c])}
+        touched.update(b for b, _ in rows[best])
+        if len(out) % k == 0:
+            recompute(touched)
+            touched = set()
+    return out, start_orders, start_eff
+
+
+VALUES = (0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0)  # few values: many ties in demands, counts and efficiencies
+
+
+@st.composite
+def packing_instances(draw: st.DrawFn) -> tuple[list[QueuedClaim], np.ndarray, np.ndarray, Composition]:
+    """Small packings: 1–4 blocks, Rényi (1–4 orders) or basic, capacities with unusable columns, available
+    budgets partly or wholly spent (zero-available orders), 0–12 claims of few distinct demands and weights."""
+    renyi = draw(st.booleans())
+    n_blocks = draw(st.integers(1, 4))
+    width = draw(st.integers(1, 4)) if renyi else 2
+    comp: Composition = (
+        RenyiComposition(AlphaGrid(tuple(2.0 + i for i in range(width)))) if renyi else BasicComposition()
+    )
+    cell = st.sampled_from((0.0, 0.5, 1.0, 1.0, 2.0))
+    capacity = np.array(
+        draw(st.lists(st.lists(cell, min_size=width, max_size=width), min_size=n_blocks, max_size=n_blocks))
+    )
+    frac = st.sampled_from((0.0, 0.3, 0.5, 1.0))
+    avail = capacity * np.array(
+        draw(st.lists(st.lists(frac, min_size=width, max_size=width), min_size=n_blocks, max_size=n_blocks))
+    )
+    claims = []
+    for i in range(draw(st.integers(0, 12))):
+        blocks = draw(st.lists(st.integers(0, n_blocks - 1), min_size=1, max_size=n_blocks, unique=True))
+        demand = np.array(
+            draw(
+                st.lists(
+                    st.lists(st.sampled_from(VALUES), min_size=width, max_size=width),
+                    min_size=len(blocks),
+                    max_size=len(blocks),
+                )
+            )
+        )
+        idx = np.array(blocks, dtype=np.int64)
+        claims.append(
+            QueuedClaim(
+                handle=10 + 3 * i,
+                id=f"c{i}",
+                arrival=0.0,
+                seq=draw(st.integers(0, 3)),
+                deadline=math.inf,
+                weight=draw(st.sampled_from((1.0, 1.0, 2.0))),
+                owner=None,
+                idx=idx,
+                demand=demand,
+                shares=share_key(comp.shares(demand, capacity[idx])),
+            )
+        )
+    return claims, avail, capacity, comp
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inst=packing_instances(),
+    k=st.sampled_from((1, 2, 3, 100)),
+    tie_break=st.sampled_from(("lexicographic", "arrival")),
+    dense=st.sampled_from((dpack_module._DENSE_SLOTS, 1)),
+    window=st.sampled_from((dpack_module._WINDOW, 1)),
+)
+def test_pack_matches_reference(
+    inst: tuple[list[QueuedClaim], np.ndarray, np.ndarray, Composition], k: int, tie_break: str, dense: int, window: int
+) -> None:
+    """pack() and packing_start() make exactly the decisions of the slow reference (same grants in the same order,
+    same budget left, same best orders and efficiencies), also with the wide-claim term table (dense = 1) and
+    the smallest window of greedy counts (window = 1, widened on every count)."""
+    claims, avail, capacity, comp = inst
+    with patch.object(dpack_module, "_DENSE_SLOTS", dense), patch.object(dpack_module, "_WINDOW", window):
+        got_avail = avail.copy()
+        got = pack(claims, got_avail, capacity, comp, k, tie_break)
+        start = packing_start(claims, avail, capacity, comp)
+    want_avail = avail.copy()
+    want, orders, eff = reference_pack(claims, want_avail, capacity, comp, k, tie_break)
+    assert got == want
+    assert np.array_equal(got_avail, want_avail)
+    assert start.best_order == orders
+    assert start.efficiency == eff
+
+
+@pytest.mark.parametrize("renyi", [True, False])
+@pytest.mark.parametrize("k", [1, 4])
+def test_pack_matches_reference_on_a_benchmark_instance(renyi: bool, k: int) -> None:
+    """A pass of simulations/benchmarks/bench_dpack.py's kind (600 claims on 1–5 of 12 blocks, three mechanism
+    families, everything unlocked): hundreds of grants, the same as the reference's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations" / "benchmarks"))
+    from bench_dpack import build
+
+    s = build(600, 12, renyi, "dpack", {"k": k}, seed=3)
+    led = s.ledger
+    claims = list(s.queue)
+    got_avail, want_avail = led.unlocked.copy(), led.unlocked.copy()
+    got = pack(claims, got_avail, led.capacity, led.composition, k)
+    want, _, _ = reference_pack(claims, want_avail, led.capacity, led.composition, k)
+    assert len(got) > 100
+    assert got == want
+    assert np.array_equal(got_avail, want_avail)
+
+
+def random_packing(seed: int) -> tuple[list[QueuedClaim], np.ndarray, np.ndarray, Composition]:
+    """A medium packing: up to 20 blocks and 150 claims on 1–20 of them, Rényi on up to 12 orders or basic,
+    unusable columns, partly spent budgets; demands from few values (ties) or continuous."""
+    rng = np.random.default_rng(seed)
+    renyi = rng.random() < 0.7
+    width = int(rng.integers(1, 13)) if renyi else 2
+    comp: Composition = (
+        RenyiComposition(AlphaGrid(tuple(float(a) for a in sorted(rng.choice(np.arange(2, 80), width, replace=False)))))
+        if renyi
+        else BasicComposition()
+    )
+    n_blocks = int(rng.integers(1, 21))
+    capacity = rng.choice([0.0, 1.0, 2.0, 0.5], size=(n_blocks, width), p=[0.2, 0.4, 0.2, 0.2])
+    few = rng.random() < 0.5
+    avail = capacity * (rng.choice([0.0, 0.3, 0.5, 1.0], size=capacity.shape) if few else rng.random(capacity.shape))
+    claims = []
+    for i in range(int(rng.integers(1, 151))):
+        m = int(rng.integers(1, min(n_blocks, int(rng.choice([3, 20]))) + 1))
+        idx = rng.choice(n_blocks, m, replace=False).astype(np.int64)
+        if few:
+            demand = rng.choice([0.0, 0.05, 0.1, 0.2, 0.25], size=(m, width))
+        else:
+            demand = rng.uniform(0, 0.3, (m, width)) * (rng.random((m, width)) < 0.9)
+        claims.append(
+            QueuedClaim(
+                handle=i,
+                id=f"c{i}",
+                arrival=0.0,
+                seq=int(rng.integers(0, 50)),
+                deadline=math.inf,
+                weight=float(rng.choice([1.0, 2.0])),
+                owner=None,
+                idx=idx,
+                demand=demand,
+                shares=share_key(comp.shares(demand, capacity[idx])),
+            )
+        )
+    return claims, avail, capacity, comp
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pack_matches_reference_on_medium_instances(seed: int) -> None:
+    """Medium random packings (claims on up to 20 blocks: the wide-claim term table too), k = 1 and 3."""
+    claims, avail, capacity, comp = random_packing(seed)
+    for k in (1, 3):
+        got_avail, want_avail = avail.copy(), avail.copy()
+        got = pack(claims, got_avail, capacity, comp, k)
+        want, _, _ = reference_pack(claims, want_avail, capacity, comp, k)
+        assert got == want
+        assert np.array_equal(got_avail, want_avail)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, ClassVar
 
 import numpy as np
@@ -99,9 +100,9 @@ def unlocker_for(config: Mapping[str, Any]) -> Unlocker | None:
 
 def _rows(claims: Sequence[QueuedClaim]) -> tuple[IntArray, IntArray, FloatArray]:
     """Per claim its number of blocks; per (claim, block) row its block and demand (claims in order)."""
-    n = len(claims)
-    lens = np.fromiter((q.idx.shape[0] for q in claims), dtype=np.int64, count=n)
-    blk = np.concatenate([q.idx for q in claims]).astype(np.int64, copy=False)
+    idx = [q.idx for q in claims]
+    lens = np.fromiter(map(len, idx), dtype=np.int64, count=len(idx))
+    blk = np.concatenate(idx).astype(np.int64, copy=False)
     dem = np.concatenate([q.demand for q in claims])
     return lens, blk, dem
 
@@ -130,28 +131,42 @@ def fitting(claims: Sequence[QueuedClaim], avail: FloatArray, capacity: FloatArr
     return _claims_ok(comp.fits(dem, avail[blk], capacity[blk]), lens)
 
 
-def _fits_t(d: FloatArray, a: FloatArray, tol: FloatArray, usable: BoolArray, renyi: bool) -> BoolArray:
-    """The composition's fit rule on transposed rows (columns × rows), the same arithmetic as
-    :meth:`~dpf_sched.composition.Composition.fits` (``d <= a + capacity·REL_TOL``); reducing over the first
-    axis of a C-ordered array is much faster than over a short last axis."""
-    ok = d <= a + tol
-    if renyi:
-        return np.asarray(np.logical_or.reduce(ok & usable, axis=0), dtype=np.bool_)
-    return np.asarray(np.logical_and.reduce(ok, axis=0), dtype=np.bool_)
+#: Claims on at most this many blocks keep their terms in a dense (slot × claim) table, summed slot by slot;
+#: wider claims fall back to a per-row table summed by ``bincount`` (the same left-to-right sums, see
+#: :meth:`_Packing.rescore`).
+_DENSE_SLOTS = 16
+
+#: The window of sorted demands a block's greedy counts sum over: at first ``_WINDOW`` rows, then as many as the
+#: last counts reached plus ``_MARGIN`` (it doubles when too short).
+_WINDOW = 32
+_MARGIN = 8
 
 
 class _Packing:
     """The state of one packing: candidates as sparse (claim, block) rows, best orders, terms and efficiencies.
 
-    Claims are numbered in tie-break order. Rows are held claim-major (each claim's rows contiguous, in block
-    order, so that a claim's denominator is a left-to-right sum over its blocks) with a block-major index on
-    top; budgets are held transposed (columns × rows, columns × blocks) so that per-row questions reduce over
-    the first axis. ``alive`` marks the candidates; a granted or misfitting claim dies and its efficiency
-    becomes ``-inf``, so ``argmax`` over the efficiencies (its first maximum) is the next grant.
+    Claims are numbered in tie-break order, so the first maximum of the efficiencies (``argmax``) is the next
+    grant; a granted or misfitting claim dies and its efficiency becomes ``-inf``. Rows are numbered
+    claim-major (each claim's rows contiguous, in block order). Only the columns that can matter are kept
+    (``cols``: Rényi, the orders usable on some block; basic, every column), in a working copy ``avail`` of the
+    scratch budget (blocks × cols); the caller's full-width array is brought up to date once, at the end.
+
+    Per block, the rows on it sorted by demand at each column (``srt_rows``/``srt_dem``, cols × rows on the
+    block), so that the three per-block questions of a grant read contiguous slices instead of gathering:
+
+    * *fit*: at each column the demands over the limit ``avail + tol`` are a suffix of the sorted row; if some
+      column's largest demand is within it, nothing on the block can fail, else only a suffix is checked;
+    * *best order*: the greedy count is a cumulative sum along each sorted row compared with the limit, over a
+      window of the smallest demands that is widened until it holds every count (counts are small);
+    * *terms*: the demands at the best order, divided by the available budget, scattered to the rows.
+
+    The sorted arrays keep the rows of claims that left the pass (``dead[b]`` of them on block ``b``, masked
+    out of counts and terms) until they are the majority, then drop them (order kept).
 
     Each block keeps one snapshot of (best order, available budget), taken when it was last recomputed; every
     term on the block is computed from that snapshot, so all efficiencies are always those of one common state
-    (the basis of dynamic envy-freeness, ``proofs/dpack.md``).
+    (the basis of dynamic envy-freeness, ``proofs/dpack.md``). The efficiency of a claim is its weight over the
+    left-to-right sum of its terms in block order.
     """
 
     def __init__(
@@ -165,190 +180,263 @@ class _Packing:
         comp: Composition,
     ) -> None:
         n = len(claims)
-        self.handles = np.fromiter((q.handle for q in claims), dtype=np.int64, count=n)
+        self.n = n
+        self.handles: list[int] = [q.handle for q in claims]
         self.weight = np.fromiter((q.weight for q in claims), dtype=np.float64, count=n)
         owner = np.repeat(np.arange(n, dtype=np.int64), lens)
-        order = np.lexsort((blk, owner))  # claim-major, block order within a claim
-        self.blk: IntArray = blk[order]
-        self.dem_t: FloatArray = np.ascontiguousarray(dem[order].T)
-        self.owner: IntArray = owner[order]
-        self.ptr: IntArray = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
+        ptr = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
+        if bool((np.diff(blk)[np.diff(owner) == 0] < 0).any()):
+            order = np.lexsort((blk, owner))  # claim-major already; block order within a claim
+            blk, dem = blk[order], dem[order]
+        self.blk: IntArray = blk
+        self.dem: FloatArray = dem  # rows × full width, for the final update of the caller's budget
+        self.owner: IntArray = owner
+        self.ptr_arr: IntArray = ptr
         self.lens = lens
-        self.n_rows = int(self.blk.shape[0])
+        self.ptr: list[int] = ptr.tolist()
+        self.blk_list: list[int] = blk.tolist()
+        self.n_rows = n_rows = int(blk.shape[0])
         self.n_blocks = n_blocks = int(avail.shape[0])
-        self.by_block: IntArray = np.argsort(self.blk, kind="stable").astype(np.int64)
-        self.bptr: IntArray = np.concatenate(([0], np.cumsum(np.bincount(self.blk, minlength=n_blocks))))
-        self.avail = avail
-        self.avail_t: FloatArray = np.ascontiguousarray(avail.T)
-        self.cap = capacity
-        self.cap_t: FloatArray = np.ascontiguousarray(capacity.T)
-        self.tol_t: FloatArray = self.cap_t * REL_TOL
         self.renyi = comp.name == "renyi"
-        self.alive = np.ones(n, dtype=np.bool_)
-        self.row_alive = np.ones(self.n_rows, dtype=np.bool_)
-        self.mark = np.zeros(n, dtype=np.bool_)
-        self.alpha = np.zeros(n_blocks, dtype=np.int64)
-        self.term = np.zeros(self.n_rows)
-        self.score = np.zeros(n)
-
-    # ----- rows -------------------------------------------------------------------------------------------
-    def rows_on(self, blocks: IntArray) -> IntArray:
-        """Rows of live candidates on ``blocks`` (distinct), grouped by block in the order of ``blocks``."""
-        bp = self.bptr
-        if blocks.shape[0] == 1:
-            b = int(blocks[0])
-            rows = self.by_block[bp[b] : bp[b + 1]]
-        else:
-            rows = np.concatenate([self.by_block[bp[b] : bp[b + 1]] for b in blocks.tolist()])
-        return rows[self.row_alive.take(rows)]
-
-    def rows_of(self, claims: IntArray) -> tuple[IntArray, IntArray]:
-        """Rows of ``claims`` (claim-major) and, per row, the position of its claim in ``claims``."""
-        return _select(self.ptr, self.lens, claims)
-
-    def fits(self, rows: IntArray) -> BoolArray:
-        """Per row: does its demand fit the block's current scratch budget?"""
-        b = self.blk.take(rows)
-        return _fits_t(
-            self.dem_t.take(rows, axis=1),
-            self.avail_t.take(b, axis=1),
-            self.tol_t.take(b, axis=1),
-            self.cap_t.take(b, axis=1) > 0,
-            self.renyi,
+        usable = capacity > 0
+        self.cols: IntArray = (
+            np.flatnonzero(usable.any(axis=0)) if self.renyi else np.arange(avail.shape[1], dtype=np.int64)
         )
+        cols = self.cols
+        self.full_avail = avail
+        self.avail: FloatArray = np.ascontiguousarray(avail[:, cols])
+        tol = capacity[:, cols] * REL_TOL
+        if self.renyi:  # an unusable order serves nothing: its limit is -inf (fits and counts nothing)
+            tol[~usable[:, cols]] = -np.inf
+        self.tol: FloatArray = np.ascontiguousarray(tol)
+        #: Per block, the fit limit ``avail + capacity·REL_TOL`` of the current scratch budget, per column.
+        self.lim: list[FloatArray] = list(self.avail + self.tol)
+        self.dem_c: FloatArray = np.ascontiguousarray(dem[:, cols])
+        self.usable_mask: BoolArray = np.ascontiguousarray(usable[:, cols])
+        self.usable: list[list[int]] = [np.flatnonzero(u).tolist() for u in self.usable_mask]
+        self.alive = np.ones(n, dtype=np.bool_)
+        self.row_alive = np.ones(n_rows, dtype=np.bool_)
+        self.alpha: list[int] = [0] * n_blocks  # best order per block, as a position in ``cols``
+        self.score = np.zeros(n)
+        self.granted: list[int] = []
+        # Terms: dense (slot × claim) when claims are narrow, else per row.
+        width = int(lens.max()) if n else 0
+        self.dense = width <= _DENSE_SLOTS
+        self.width = width
+        if self.dense:
+            slot = np.arange(n_rows, dtype=np.int64) - ptr[:-1].take(owner)
+            self.term_at: IntArray = slot * n + owner
+            self.term = np.zeros(width * n)
+        else:
+            self.term_at = np.arange(n_rows, dtype=np.int64)
+            self.term = np.zeros(n_rows)
+        # Per block: its rows sorted by demand at every column (filled by presort()).
+        self.by_block: IntArray = np.argsort(blk, kind="stable").astype(np.int64)
+        self.bptr: list[int] = np.concatenate(([0], np.cumsum(np.bincount(blk, minlength=n_blocks)))).tolist()
+        empty_rows = np.zeros((cols.shape[0], 0), dtype=np.int64)
+        empty_dem = np.zeros((cols.shape[0], 0))
+        self.srt_rows: list[IntArray] = [empty_rows] * n_blocks
+        self.srt_dem: list[FloatArray] = [empty_dem] * n_blocks
+        self.dead: list[int] = [0] * n_blocks
+        self.window: list[int] = [_WINDOW] * n_blocks
+
+    # ----- per-block sorted demands ----------------------------------------------------------------------
+    def presort(self, blocks: list[int]) -> None:
+        """Sort the rows of each of ``blocks`` by demand, at every column (once per pass)."""
+        for b in blocks:
+            rows = self.by_block[self.bptr[b] : self.bptr[b + 1]]
+            v = self.dem_c.take(rows, axis=0).T  # cols × rows on b
+            order = np.argsort(v, axis=1, kind="stable")
+            self.srt_rows[b] = rows.take(order)
+            self.srt_dem[b] = np.take_along_axis(v, order, axis=1)
+
+    def compact(self, b: int) -> None:
+        """Drop the rows of claims that left the pass from block ``b``'s sorted arrays (order kept)."""
+        rows = self.srt_rows[b]
+        live = self.row_alive.take(rows)  # the same rows are live in every column's order
+        n_cols = rows.shape[0]
+        self.srt_rows[b] = rows[live].reshape(n_cols, -1)
+        self.srt_dem[b] = self.srt_dem[b][live].reshape(n_cols, -1)
+        self.dead[b] = 0
+
+    # ----- leaving the pass --------------------------------------------------------------------------------
+    def remove(self, c: int) -> None:
+        """Take claim ``c`` (granted, or no longer fitting) out of the pass."""
+        self.alive[c] = False
+        self.score[c] = -np.inf
+        r0, r1 = self.ptr[c], self.ptr[c + 1]
+        self.row_alive[r0:r1] = False
+        dead = self.dead
+        for b in self.blk_list[r0:r1]:
+            dead[b] += 1
+
+    def misfits(self, b: int) -> IntArray:
+        """Live rows on block ``b`` that no longer fit its scratch budget (the composition's fit rule,
+        ``d <= avail + capacity·REL_TOL``: Rényi at some usable order, basic at every column)."""
+        lim = self.lim[b]
+        srt, rows = self.srt_dem[b], self.srt_rows[b]
+        m = srt.shape[1]
+        none = rows[0, :0]
+        if m == 0:
+            return none
+        top_ok = srt[:, -1] <= lim  # per column: does even the largest demand fit?
+        if self.renyi:
+            if bool(top_ok.any()):
+                return none  # every row fits at that (usable) order
+            # A row fails iff it is over the limit at every usable order: among the rows over it at the order
+            # with the fewest such rows, check the live ones.
+            under = (srt <= lim[:, None]).sum(axis=1).tolist()  # per column: demands within the limit
+            o = max(range(len(under)), key=under.__getitem__)
+            cand = rows[o, under[o] :]
+            live: IntArray = cand[self.row_alive.take(cand)]
+            if live.shape[0] == 0:
+                return live
+            bad: IntArray = live[~(self.dem_c.take(live, axis=0) <= lim).any(axis=1)]
+            return bad
+        # Basic: a row over the limit at any column fails.
+        if bool(top_ok.all()):
+            return none
+        under = (srt <= lim[:, None]).sum(axis=1).tolist()
+        over = [rows[c, under[c] :] for c in range(len(under)) if under[c] < m]
+        cand = over[0] if len(over) == 1 else np.concatenate(over)
+        over_live: IntArray = cand[self.row_alive.take(cand)]
+        return over_live
 
     # ----- best orders, terms, efficiencies ---------------------------------------------------------------
-    def presort(self) -> None:
-        """Per block and order, the rows sorted by demand (once per pass; the best-order counts then only skip
-        the rows of claims that left the pass). The sort key is the block number plus the demand scaled into
-        [0, 0.5] by the block's largest demand at that order; the demands themselves are read back exactly."""
-        # Orders that no block can use never win; leave them out of the counts.
-        self.cols: IntArray = np.flatnonzero((self.cap_t > 0).any(axis=1))
-        v = self.dem_t.take(self.by_block, axis=1).take(self.cols, axis=0)  # orders × rows, block-major
-        b = self.blk.take(self.by_block)
-        present = np.flatnonzero(np.diff(self.bptr) > 0)
-        top = np.zeros((self.cols.shape[0], self.n_blocks))
-        top[:, present] = np.maximum.reduceat(v, self.bptr[present], axis=1)
-        scale = np.divide(0.5, top, out=np.zeros_like(top), where=top > 0)
-        order = np.argsort(b + v * scale.take(b, axis=1), axis=1, kind="stable")
-        self.sorted_rows: IntArray = self.by_block.take(order)
-        self.sorted_dem: FloatArray = np.take_along_axis(v, order, axis=1)
+    def choose_alpha(self, b: int) -> int:
+        """Best order of block ``b`` (module docstring, step 1), as a position in ``cols``: the first usable
+        order at which the most live candidates' smallest demands fit, counted by a cumulative sum along the
+        sorted demands (rows of claims that left the pass count as zero and are not counted).
 
-    def choose_alpha(self, blocks: IntArray) -> None:
-        """Best order of each of ``blocks`` (module docstring, step 1): the first usable order at which the most
-        live candidates' smallest demands fit, by a cumulative sum over the presorted demands of all the blocks
-        at once (rows of claims that left the pass count as zero and are not counted)."""
-        bp = self.bptr
-        lo, hi = bp.take(blocks), bp.take(blocks + 1)
-        keep = hi > lo
-        if not bool(keep.all()):
-            blocks, lo, hi = blocks[keep], lo[keep], hi[keep]
-        if blocks.shape[0] == 0:
-            return
-        if blocks.shape[0] == 1:
-            sl = slice(int(lo[0]), int(hi[0]))
-            rows, v = self.sorted_rows[:, sl], self.sorted_dem[:, sl]
-        else:
-            spans = list(zip(lo.tolist(), hi.tolist(), strict=True))
-            rows = np.concatenate([self.sorted_rows[:, a:z] for a, z in spans], axis=1)
-            v = np.concatenate([self.sorted_dem[:, a:z] for a, z in spans], axis=1)
-        live = self.row_alive.take(rows)
-        x = v * live
-        cum = np.cumsum(x, axis=1)
-        lens = hi - lo
-        starts = np.cumsum(lens) - lens
-        seg = np.repeat(np.arange(blocks.shape[0]), lens)
-        before = cum[:, starts] - x[:, starts]  # cumulative sum of the earlier blocks, per order
-        cols = self.cols
-        avail = self.avail_t.take(cols, axis=0).take(blocks, axis=1)
-        limit = before + avail + self.tol_t.take(cols, axis=0).take(blocks, axis=1)
-        ok = (cum <= limit.take(seg, axis=1)) & live
-        count = np.add.reduceat(ok.astype(np.int64), starts, axis=1)
-        count[self.cap_t.take(cols, axis=0).take(blocks, axis=1) <= 0] = -1
-        self.alpha[blocks] = cols.take(np.argmax(count, axis=0))
+        The sums are non-decreasing, so only a window of the smallest demands is summed: it is widened until
+        the sum at its end exceeds the limit at every usable order (no later row can be counted)."""
+        usable = self.usable[b]
+        if not usable:
+            return 0
+        lim = self.lim[b][:, None]
+        srt = self.srt_dem[b]
+        m = srt.shape[1]
+        w = min(m, self.window[b])
+        live = None
+        while True:
+            x = srt[:, :w]
+            if self.dead[b]:
+                live = self.row_alive.take(self.srt_rows[b][:, :w])
+                x = x * live
+            within = x.cumsum(axis=1) <= lim
+            reach = np.add.reduce(
+                within, axis=1, dtype=np.int64
+            ).tolist()  # per order: the rows within the limit (a prefix)
+            top = max(reach)
+            if top < w or w == m:
+                break
+            w = min(m, 2 * w)
+        self.window[b] = top + _MARGIN
+        counts = reach if live is None else np.add.reduce(within, axis=1, dtype=np.int64, where=live).tolist()
+        return max(usable, key=counts.__getitem__)  # the first of the largest counts
 
-    def update(self, blocks: IntArray, rows: IntArray) -> None:
-        """New snapshot of ``blocks`` (distinct): best orders, the terms of ``rows`` (the live rows on them), and
-        the efficiencies of their claims."""
+    def snapshot(self, b: int) -> IntArray:
+        """New snapshot of block ``b``: best order and the terms of its rows (returned; they may include rows
+        of claims that left the pass, whose terms are never read again)."""
+        if 2 * self.dead[b] > self.srt_rows[b].shape[1]:
+            self.compact(b)
+        rows: IntArray
         if self.renyi:
-            self.choose_alpha(blocks)
-        if rows.shape[0] == 0:
-            return
-        b = self.blk.take(rows)
-        if self.renyi:
-            a = self.alpha.take(b)
-            d = self.dem_t.ravel().take(a * self.n_rows + rows)
-            av = self.avail_t.ravel().take(a * self.n_blocks + b)
-            t = np.divide(d, av, out=np.where(d > 0, np.inf, 0.0), where=av > 0)
+            a = self.alpha[b] = self.choose_alpha(b)
+            rows, d = self.srt_rows[b][a], self.srt_dem[b][a]
+            av = float(self.avail[b, a])
+            t = d / av if av > 0 else np.where(d > 0, np.inf, 0.0)
         else:
-            d2 = self.dem_t.take(rows, axis=1)
-            av2 = self.avail_t.take(b, axis=1)
-            ratio = np.divide(d2, av2, out=np.where(d2 > 0, np.inf, 0.0), where=av2 > 0)
-            ratio[self.cap_t.take(b, axis=1) <= 0] = 0.0  # unusable columns serve nothing (a live claim asks 0)
-            t = np.maximum.reduce(ratio, axis=0)
-        self.term[rows] = t
-        mark = self.mark
-        mark[self.owner.take(rows)] = True
-        claims = np.flatnonzero(mark)
-        mark[claims] = False
-        self.rescore(claims)
+            rows = self.srt_rows[b][0]
+            d2 = self.dem_c.take(rows, axis=0)
+            t = np.zeros(rows.shape[0])
+            for c in self.usable[b]:  # unusable columns serve nothing (a live claim asks 0 there)
+                av = float(self.avail[b, c])
+                dc = d2[:, c]
+                np.maximum(t, dc / av if av > 0 else np.where(dc > 0, np.inf, 0.0), out=t)
+        self.term[self.term_at.take(rows)] = t
+        return rows
+
+    def update(self, blocks: list[int]) -> None:
+        """New snapshots of ``blocks`` (distinct) and new efficiencies of the live claims on them."""
+        rows = [self.snapshot(b) for b in blocks]
+        claims = self.owner.take(rows[0] if len(rows) == 1 else np.concatenate(rows))
+        claims = claims[self.alive.take(claims)]
+        if claims.shape[0]:
+            self.rescore(claims)
 
     def rescore(self, claims: IntArray) -> None:
-        """Efficiency ``w / Σ terms`` of ``claims`` (sums in block order, one claim after the other)."""
-        rows, local = self.rows_of(claims)
-        denom = np.bincount(local, weights=self.term.take(rows), minlength=claims.shape[0])
+        """Efficiency ``w / Σ terms`` of the live ``claims`` (repeats allowed). The sum runs left to right over
+        the claim's blocks in block order, starting from 0 — the same floating-point sum for any claim whatever
+        else is rescored with it."""
+        if self.dense:
+            t = self.term.reshape(self.width, self.n).take(claims, axis=1)
+            denom = t[0] + t[1] if self.width > 1 else t[0]
+            for s in range(2, self.width):
+                denom += t[s]  # zero slots past a claim's last block add nothing
+        else:
+            rows, local = _select(self.ptr_arr, self.lens, claims)
+            denom = np.bincount(local, weights=self.term.take(rows), minlength=claims.shape[0])
         w = self.weight.take(claims)
         self.score[claims] = np.divide(w, denom, out=np.full(claims.shape[0], np.inf), where=denom > 0)
 
-    def kill(self, claims: IntArray) -> None:
-        """Take ``claims`` (granted, or no longer fitting) out of the pass."""
-        self.alive[claims] = False
-        self.score[claims] = -np.inf
-        self.row_alive[self.rows_of(claims)[0]] = False
-
     # ----- the pass ---------------------------------------------------------------------------------------
-    def start(self) -> IntArray:
+    def start(self) -> list[int]:
         """The first snapshot of every block with candidates (which it returns)."""
-        if self.renyi:
-            self.presort()
-        blocks = np.flatnonzero(np.diff(self.bptr) > 0)
-        self.update(blocks, self.by_block)
+        bptr = self.bptr
+        blocks = [b for b in range(self.n_blocks) if bptr[b + 1] > bptr[b]]
+        self.presort(blocks)
+        for b in blocks:
+            self.snapshot(b)
+        self.rescore(np.arange(self.n, dtype=np.int64))
         return blocks
 
     def run(self, k: int) -> list[int]:
         """Grant in descending efficiency until no candidate is left; recompute every ``k`` grants.
         The scratch budget ``avail`` given at construction is updated in place."""
         self.start()
+        score, owner, alive = self.score, self.owner, self.alive
+        avail, tol, lim, dem_c = self.avail, self.tol, self.lim, self.dem_c
+        ptr, blk = self.ptr, self.blk_list
         out: list[int] = []
-        touched: list[IntArray] = []
-        score, owner, avail_t, dem_t = self.score, self.owner, self.avail_t, self.dem_t
+        touched: set[int] = set()
+        since = 0
         while True:
-            i = int(np.argmax(score))
+            i = int(score.argmax())
             if score[i] == -np.inf:
                 break
-            r0, r1 = int(self.ptr[i]), int(self.ptr[i + 1])
-            bi = self.blk[r0:r1]
-            avail_t[:, bi] -= dem_t[:, r0:r1]
-            out.append(int(self.handles[i]))
-            self.alive[i] = False
-            score[i] = -np.inf
-            self.row_alive[r0:r1] = False
+            out.append(self.handles[i])
+            self.granted.append(i)
+            self.remove(i)
+            r0, r1 = ptr[i], ptr[i + 1]
+            blocks = blk[r0:r1]
+            for r in range(r0, r1):
+                b = blk[r]
+                avail[b] -= dem_c[r]
+                lim[b] = avail[b] + tol[b]
             # Candidates on the blocks that just shrank may no longer fit: out of the pass.
-            rows = self.rows_on(bi)
-            if rows.shape[0]:
-                ok = self.fits(rows)
-                if not bool(ok.all()):
-                    self.kill(np.unique(owner.take(rows[~ok])))
-                    rows = rows[self.row_alive.take(rows)]
-            touched.append(bi)
-            if len(touched) >= k:
-                blocks = bi if k == 1 else np.unique(np.concatenate(touched))
-                if k > 1:
-                    rows = self.rows_on(blocks)
-                touched = []
-                self.update(blocks, rows)
-        self.avail[...] = avail_t.T
+            for b in blocks:
+                bad = self.misfits(b)
+                if bad.shape[0]:
+                    for c in set(owner.take(bad).tolist()):
+                        if alive[c]:
+                            self.remove(c)
+            touched.update(blocks)
+            since += 1
+            if since >= k:
+                self.update(sorted(touched))
+                touched.clear()
+                since = 0
+        self.finish()
         return out
+
+    def finish(self) -> None:
+        """Take the granted demands out of the caller's full-width budget, grant after grant (the same
+        sequence of subtractions as the working copy's)."""
+        if not self.granted:
+            return
+        rows, _ = _select(self.ptr_arr, self.lens, np.asarray(self.granted, dtype=np.int64))
+        np.subtract.at(self.full_avail, self.blk.take(rows), self.dem.take(rows, axis=0))
 
 
 def _prepare(
@@ -369,11 +457,13 @@ def _prepare(
         ds = np.fromiter((q.dominant_share for q in live), dtype=np.float64, count=len(live))
         order = np.lexsort((seq, ds))
     else:
-        width = max((len(q.shares) for q in live), default=0)
-        shares = np.zeros((len(live), max(width, 1)))
-        for r, q in enumerate(live):
-            shares[r, : len(q.shares)] = q.shares
-        order = np.lexsort((seq, *shares.T[::-1]))
+        tuples = [q.shares for q in live]
+        n_shares = np.fromiter(map(len, tuples), dtype=np.int64, count=len(tuples))
+        flat = np.fromiter(chain.from_iterable(tuples), dtype=np.float64, count=int(n_shares.sum()))
+        shares = np.zeros((max(int(n_shares.max()), 1), len(tuples)))  # share position × claim
+        at = np.arange(flat.shape[0]) - np.repeat(np.cumsum(n_shares) - n_shares, n_shares)
+        shares[at, np.repeat(np.arange(len(tuples)), n_shares)] = flat
+        order = np.lexsort((seq, *shares[::-1]))
     idx = keep.take(order)
     rows, _ = _select(np.concatenate(([0], np.cumsum(lens))), lens, idx)
     ordered = [claims[c] for c in idx.tolist()]
@@ -427,8 +517,8 @@ def packing_start(
     if packing is None:
         return PackingStart({}, {})
     blocks = packing.start()
-    orders = {b: int(packing.alpha[b]) for b in blocks.tolist()}
-    return PackingStart(orders, dict(zip(packing.handles.tolist(), packing.score.tolist(), strict=True)))
+    orders = {b: int(packing.cols[packing.alpha[b]]) for b in blocks}
+    return PackingStart(orders, dict(zip(packing.handles, packing.score.tolist(), strict=True)))
 
 
 class DPack(Policy):
