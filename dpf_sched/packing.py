@@ -468,17 +468,23 @@ class _Packer:
             else:
                 add_row(ys, [-1.0] * len(ys), -1.0)  # Σ_α y ≥ 1, as −Σ y ≤ −1
             if self.formulation == "hull":
-                # Balas's disjunctive hull of "some order α fits": z_{i,α} (continuous) is claim i's share of the
+                # Balas's disjunctive hull of "some order α fits": z_{i,α} is claim i's share of the
                 # choice of α; x_i = Σ_α z_{i,α}, z_{i,α} ≤ y_α, Σ_i d_{i,α}/c_α z_{i,α} ≤ y_α.
+                # A claim that does not fit alone at α (d > c) is out of every set that fits at α: no copy (z = 0).
+                # The copies are declared integer (binary): for integer x and y they are integer anyway
+                # (z_{i,α} = x_i y_α), and HiGHS then separates knapsack covers on the rows Σ_i d z ≤ y.
                 n_c, n_o = scaled.shape
-                zid = np.arange(n_z, n_z + n_c * n_o).reshape(n_c, n_o)
-                n_z += n_c * n_o
+                has = scaled <= 1.0
+                zid = np.full((n_c, n_o), -1, dtype=np.int64)
+                zid[has] = np.arange(n_z, n_z + int(has.sum()))
+                n_z += int(has.sum())
                 for r in range(n_c):
-                    z_rows.append((add_row([cols[r]], [1.0], 0.0, 0.0), zid[r].tolist(), [-1.0] * n_o))
+                    mine = zid[r, has[r]].tolist()
+                    z_rows.append((add_row([cols[r]], [1.0], 0.0, 0.0), mine, [-1.0] * len(mine)))
                 for j, y in enumerate(ys):
-                    keep = scaled[:, j] > 0
+                    keep = has[:, j] & (scaled[:, j] > 0)
                     z_rows.append((add_row([y], [-1.0], 0.0), zid[keep, j].tolist(), scaled[keep, j].tolist()))
-                    for r in range(n_c):
+                    for r in np.flatnonzero(has[:, j]).tolist():
                         z_rows.append((add_row([y], [-1.0], 0.0), [int(zid[r, j])], [1.0]))
                 continue
             best = scaled.min(axis=1)
@@ -509,8 +515,7 @@ class _Packer:
         c = np.zeros(n_var)
         c[:n_x] = -np.asarray([self.w[i] for i in claims])
         a_mat = coo_array((np.asarray(vals), (np.asarray(r_idx), np.asarray(c_idx))), shape=(len(ub), n_var))
-        integrality = np.zeros(n_var)
-        integrality[:n_bin] = 1.0
+        integrality = np.ones(n_var)  # x, y and the hull's copies z (see above) are all binary
         return _Model(c, a_mat, np.asarray(lb), np.asarray(ub), integrality, n_x)
 
 
@@ -581,7 +586,8 @@ def solve_packing(
         Relative gap at which the solver may stop and call the answer optimal (default 0).
     formulation
         ``"hull"`` (default: Balas's disjunctive hull per block, a tighter relaxation in a larger LP; it proves
-        or closes the gap faster on the packing-mix instances, docs/benchmarks.md) or ``"bigm"`` (the big-M
+        or closes the gap faster on the packing-mix instances, docs/benchmarks.md; its copies ``z_{i,b,α}`` are
+        binary, and absent where claim i does not fit alone at α, see :meth:`_Packer.build`) or ``"bigm"`` (the big-M
         rows above, with the valid inequalities of :meth:`_Packer.build`).
     decompose
         Solve the connected components of the claim–block graph separately (default); ``False`` solves one

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dpf_sched.budget import AlphaGrid
 from dpf_sched.composition import BasicComposition, Composition, RenyiComposition
 from dpf_sched.errors import InvalidParameterError
-from dpf_sched.packing import PackingStatus, solve_packing, solve_packing_csr
+from dpf_sched.packing import PackingStatus, _as_claims, _Packer, solve_packing, solve_packing_csr
 from dpf_sched.policies import create_policy
 from dpf_sched.policies.optimal import Optimal
 from dpf_sched.scheduler import Outcome, Scheduler
@@ -125,6 +125,23 @@ def test_renyi_needs_a_different_order_per_block() -> None:
     b = (np.array([1]), np.array([[0.9, 0.9, 0.5]]))  # fits twice at α = 8 only
     res = solve_packing([a, a, b, b], cap, RENYI)
     assert res.chosen == (0, 1, 2, 3) and res.proven
+
+
+def test_hull_copies_are_binary_and_only_where_the_claim_fits() -> None:
+    """The hull model has no copy z_{i,α} where claim i does not fit alone at α (d > c), and every variable is
+    binary (x, y, and the copies, which are integer for integer x and y); the optimum is unchanged."""
+    cap = np.array([[1.0, 1.0, 1.0]])
+    a = (np.array([0]), np.array([[0.5, 2.0, 0.9]]))  # fits at α = 2 and α = 8, not at α = 4
+    b = (np.array([0]), np.array([[0.9, 0.6, 0.7]]))  # fits at every order, best at α = 4
+    demands = [a, a, b, b]
+    packer = _Packer(*_as_claims(demands, 1, 3), np.ones(4), cap.copy(), cap, RENYI, "hull")
+    model = packer.build([0, 1, 2, 3], np.array([0]))
+    assert model is not None
+    n_y = 3  # orders 2, 4, 8: none dominated (a is best at 2, b at 4, and 8 is second for both)
+    assert model.c.shape[0] == 4 + n_y + (4 * 3 - 2)  # x, y, and copies for all but (a, α = 4) twice
+    assert np.all(model.integrality == 1.0)
+    res = solve_packing(demands, cap, RENYI)
+    assert res.proven and res.objective == brute_force(demands, cap, RENYI, np.ones(4)) == 2.0
 
 
 def test_claims_that_cannot_fit_alone_are_fixed_out() -> None:

@@ -98,6 +98,22 @@ def unlocker_for(config: Mapping[str, Any]) -> Unlocker | None:
     return None
 
 
+def unlock_active_params(config: Mapping[str, Any], always: set[str], default_unlock: str) -> set[str]:
+    """The parameters of a DPack-family policy that matter for ``config``: ``always`` plus the chosen unlocking
+    rule's own (``T``, ``tick``, ``mode`` for ``timed``; ``N`` for ``arrival``).
+
+    :func:`dpf_sched.sim.compare.plan_runs` uses it so that a grid over another rule's parameters does not
+    multiply the runs of a configuration that ignores them.
+    """
+    how = str(config.get("unlock", default_unlock)).strip().lower()
+    keys = set(always) | {"unlock"}
+    if how == "timed":
+        keys |= set(TIMED_UNLOCK_PARAMS)
+    elif how == "arrival":
+        keys |= set(ARRIVAL_PARAMS)
+    return keys
+
+
 def _rows(claims: Sequence[QueuedClaim]) -> tuple[IntArray, IntArray, FloatArray]:
     """Per claim its number of blocks; per (claim, block) row its block and demand (claims in order)."""
     idx = [q.idx for q in claims]
@@ -537,6 +553,11 @@ class DPack(Policy):
         **TIMED_UNLOCK_PARAMS,
         **ARRIVAL_PARAMS,
     }
+
+    @classmethod
+    def active_params(cls, config: Mapping[str, Any]) -> set[str]:
+        """``k``, ``unlock`` and the chosen unlocking rule's parameters (:func:`unlock_active_params`)."""
+        return unlock_active_params(config, {"k"}, cls.params["unlock"].default)
 
     def make_unlocker(self) -> Unlocker:
         rule = unlocker_for(self.config)

@@ -28,7 +28,7 @@ Like DPack, a pass re-runs on all waiting claims whenever blocks gained budget o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from dpf_sched.policies.base import (
     Verdict,
     choice,
 )
-from dpf_sched.policies.dpack import K_PARAM, TIMED_UNLOCK_PARAMS, fitting, pack, unlocker_for
+from dpf_sched.policies.dpack import K_PARAM, TIMED_UNLOCK_PARAMS, fitting, pack, unlock_active_params, unlocker_for
 from dpf_sched.policies.unlocking import ARRIVAL_PARAMS, UnlockOverTime, UnlockPerArrival
 
 
@@ -64,6 +64,11 @@ class DPFPack(Policy):
         "k": K_PARAM,
         "tie_break": Param(choice("tie_break", TIE_BREAKS), "lexicographic", "DPF order among equal dominant shares"),
     }
+
+    @classmethod
+    def active_params(cls, config: Mapping[str, Any]) -> set[str]:
+        """``k``, ``tie_break``, ``unlock`` and the chosen unlocking rule's parameters."""
+        return unlock_active_params(config, {"k", "tie_break"}, cls.params["unlock"].default)
 
     def make_unlocker(self) -> Unlocker:
         rule = unlocker_for(self.config)
