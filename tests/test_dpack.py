@@ -228,16 +228,16 @@ def test_bad_k(bad: Any) -> None:
 @pytest.mark.parametrize(
     ("cls", "params"),
     [
-        (DPack, {"unlock": "sometimes"}),
-        (DPack, {"unlock": "timed", "T": "nan"}),
-        (DPack, {"unlock": "timed", "T": 0}),
-        (DPack, {"unlock": "arrival", "N": 0}),
-        (DPack, {"mode": "fast"}),
+        (DPack, {"unlocking": "sometimes"}),
+        (DPack, {"unlocking": "timed", "T": "nan"}),
+        (DPack, {"unlocking": "timed", "T": 0}),
+        (DPack, {"unlocking": "arrival", "N": 0}),
+        (DPack, {"unlock": "fast"}),
         (DPack, {"unknown": 1}),
-        (DPFPack, {"unlock": "all"}),
+        (DPFPack, {"unlocking": "all"}),
         (DPFPack, {"N": "nan"}),
         (DPFPack, {"tie_break": "random"}),
-        (DPFPack, {"unlock": "timed", "tick": -1}),
+        (DPFPack, {"unlocking": "timed", "tick": -1}),
     ],
 )
 def test_bad_parameters(cls: type, params: dict[str, Any]) -> None:
@@ -248,12 +248,12 @@ def test_bad_parameters(cls: type, params: dict[str, Any]) -> None:
 def test_registered_and_unlockers() -> None:
     assert available()["dpack"] is DPack and available()["dpf-pack"] is DPFPack
     assert create_policy("dpack").unlocker.on_block(0, 0.0, None) == 1.0  # type: ignore[arg-type]
-    timed = create_policy("dpack", unlock="timed", T="10", tick="2", mode="artifact")
+    timed = create_policy("dpack", unlocking="timed", T="10", tick="2", unlock="artifact")
     assert (timed.unlocker.T, timed.unlocker.tick, timed.unlocker.mode) == (10.0, 2.0, "artifact")  # type: ignore[attr-defined]
-    assert create_policy("dpack", unlock="arrival", N="7").unlocker.n == 7  # type: ignore[attr-defined]
+    assert create_policy("dpack", unlocking="arrival", N="7").unlocker.n == 7  # type: ignore[attr-defined]
     assert DPFPack(N=4).fair_share == 0.25
-    assert DPFPack(unlock="timed", T=10, tick=1).fair_share == pytest.approx(0.1)
-    assert DPFPack(unlock="timed", T=10, tick=4, mode="artifact").fair_share == pytest.approx(1 / 3)
+    assert DPFPack(unlocking="timed", T=10, tick=1).fair_share == pytest.approx(0.1)
+    assert DPFPack(unlocking="timed", T=10, tick=4, unlock="artifact").fair_share == pytest.approx(1 / 3)
     assert DPack().batch_plan() is None and DPFPack().batch_plan() is None
 
 
@@ -262,13 +262,13 @@ def test_registered_and_unlockers() -> None:
 VARIANTS = [
     ("dpack", {}),
     ("dpack", {"k": "3"}),
-    ("dpack", {"unlock": "timed", "T": "10", "tick": "1"}),
-    ("dpack", {"unlock": "timed", "T": "10", "tick": "0.7", "mode": "artifact", "k": "2"}),
-    ("dpack", {"unlock": "arrival", "N": "5"}),
+    ("dpack", {"unlocking": "timed", "T": "10", "tick": "1"}),
+    ("dpack", {"unlocking": "timed", "T": "10", "tick": "0.7", "unlock": "artifact", "k": "2"}),
+    ("dpack", {"unlocking": "arrival", "N": "5"}),
     ("dpf-pack", {"N": "1"}),
     ("dpf-pack", {"N": "5", "k": "4"}),
     ("dpf-pack", {"N": "8", "tie_break": "arrival"}),
-    ("dpf-pack", {"unlock": "timed", "T": "10", "tick": "1"}),
+    ("dpf-pack", {"unlocking": "timed", "T": "10", "tick": "1"}),
 ]
 
 
@@ -325,7 +325,7 @@ def test_dpack_grants_more_than_dpf_on_heterogeneous_renyi(seed: int) -> None:
     lines = hetero_lines(seed)
     inp = to_input(lines)
     n_dpf = replay_input(inp, "dpf-n", {"N": 30}).counts.get("granted", 0)
-    assert replay_input(inp, "dpack", {"unlock": "arrival", "N": 30}).counts.get("granted", 0) > n_dpf
+    assert replay_input(inp, "dpack", {"unlocking": "arrival", "N": 30}).counts.get("granted", 0) > n_dpf
     assert replay_input(inp, "dpf-pack", {"N": 30}).counts.get("granted", 0) > n_dpf
     offline = to_input([dict(o, time=0.0) if o["kind"] == "claim" else o for o in lines])
     n_drf = replay_input(offline, "drf", {}).counts.get("granted", 0)

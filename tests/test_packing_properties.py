@@ -49,7 +49,7 @@ def test_dpf_pack_keeps_sharing_incentive_envy_freeness_and_pareto(composition: 
 
 
 @pytest.mark.parametrize(
-    "params", [{}, {"k": 2}, {"unlock": "arrival", "N": 3}, {"unlock": "timed", "T": 4, "tick": 1}]
+    "params", [{}, {"k": 2}, {"unlocking": "arrival", "N": 3}, {"unlocking": "timed", "T": 4, "tick": 1}]
 )
 def test_dpack_keeps_envy_freeness_and_pareto(params: dict[str, Any]) -> None:
     """proofs/dpack.md, Theorems EF-D and PE-D (any unlocking, any k)."""
@@ -63,7 +63,7 @@ def test_dpf_pack_timed_keeps_envy_freeness_and_pareto() -> None:
     """proofs/dpf-pack.md: EF-P and PE-P do not depend on the unlocking rule."""
     result = search_counterexamples(
         "dpf-pack",
-        {"unlock": "timed", "T": 4, "tick": 1},
+        {"unlocking": "timed", "T": 4, "tick": 1},
         properties=["envy-freeness", "pareto-efficiency"],
         examples=60,
         seed=6,
@@ -98,7 +98,7 @@ def test_dpack_violates_sharing_incentive_with_unlock_all() -> None:
 
 def test_dpack_violates_sharing_incentive_with_arrival_unlocking() -> None:
     """… and DPF-Pack's fair phase is exactly what repairs it: on the same trace it grants i at arrival."""
-    found = check_sharing_incentive(to_input(SI_DPACK_ARRIVAL), "dpack", {"unlock": "arrival", "N": 2})
+    found = check_sharing_incentive(to_input(SI_DPACK_ARRIVAL), "dpack", {"unlocking": "arrival", "N": 2})
     assert [(v.claim, v.granted_at) for v in found] == [("i", None)]
     assert check_sharing_incentive(to_input(SI_DPACK_ARRIVAL), "dpf-pack", {"N": 2}) == ()
 

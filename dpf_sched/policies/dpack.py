@@ -64,7 +64,6 @@ from dpf_sched.policies.base import (
 from dpf_sched.policies.unlocking import (
     ARRIVAL_PARAMS,
     TIMED_PARAMS,
-    UNLOCK_MODES,
     arrival_unlocker,
     timed_unlocker,
 )
@@ -75,24 +74,20 @@ BoolArray = NDArray[np.bool_]
 #: Unlocking rules DPack can run with: everything at creation (offline, as in the paper), DPF-T's or DPF-N's.
 DPACK_UNLOCKS = ("all", "timed", "arrival")
 
-#: Parameters of the timed unlocking as DPack and DPF-Pack declare them: DPF-T's ``T`` and ``tick``, and its
-#: ``unlock`` mode (paper/artifact) renamed ``mode``, since ``unlock`` chooses the unlocking rule here.
-TIMED_UNLOCK_PARAMS: Mapping[str, Param] = {
-    "T": TIMED_PARAMS["T"],
-    "tick": TIMED_PARAMS["tick"],
-    "mode": Param(choice("mode", UNLOCK_MODES), "paper", "timed unlocking: " + TIMED_PARAMS["unlock"].doc),
-}
+#: Parameters of the timed unlocking as DPack and DPF-Pack declare them: DPF-T's own ``T``, ``tick`` and ``unlock``
+#: (paper/artifact), under the same names; ``unlocking`` chooses the rule (as in ``optimal``).
+TIMED_UNLOCK_PARAMS: Mapping[str, Param] = dict(TIMED_PARAMS)
 
 #: How often the best orders and efficiencies are recomputed within a pass.
 K_PARAM = Param(positive_int("k"), 1, "recompute best orders and efficiencies every k grants (1: after each)")
 
 
 def unlocker_for(config: Mapping[str, Any]) -> Unlocker | None:
-    """The unlocker of a DPack-family policy: ``config["unlock"]`` picks DPF-T's timed rule (``T``, ``tick``,
-    ``mode``) or DPF-N's per-arrival rule (``N``); ``None`` for ``"all"`` (everything at creation)."""
-    how = config["unlock"]
+    """The unlocker of a DPack-family policy: ``config["unlocking"]`` picks DPF-T's timed rule (``T``, ``tick``,
+    ``unlock``) or DPF-N's per-arrival rule (``N``); ``None`` for ``"all"`` (everything at creation)."""
+    how = config["unlocking"]
     if how == "timed":
-        return timed_unlocker({"T": config["T"], "tick": config["tick"], "unlock": config["mode"]})
+        return timed_unlocker(config)
     if how == "arrival":
         return arrival_unlocker(config)
     return None
@@ -100,13 +95,13 @@ def unlocker_for(config: Mapping[str, Any]) -> Unlocker | None:
 
 def unlock_active_params(config: Mapping[str, Any], always: set[str], default_unlock: str) -> set[str]:
     """The parameters of a DPack-family policy that matter for ``config``: ``always`` plus the chosen unlocking
-    rule's own (``T``, ``tick``, ``mode`` for ``timed``; ``N`` for ``arrival``).
+    rule's own (``T``, ``tick``, ``unlock`` for ``timed``; ``N`` for ``arrival``).
 
     :func:`dpf_sched.sim.compare.plan_runs` uses it so that a grid over another rule's parameters does not
     multiply the runs of a configuration that ignores them.
     """
-    how = str(config.get("unlock", default_unlock)).strip().lower()
-    keys = set(always) | {"unlock"}
+    how = str(config.get("unlocking", default_unlock)).strip().lower()
+    keys = set(always) | {"unlocking"}
     if how == "timed":
         keys |= set(TIMED_UNLOCK_PARAMS)
     elif how == "arrival":
@@ -541,23 +536,23 @@ class DPack(Policy):
     """DPack (Tholoniat et al., EuroSys'25): grant waiting claims in descending efficiency, weight over demand
     normalised by the available budget at each block's best Rényi order (module docstring).
 
-    Parameters: ``k`` (recompute every k grants), ``unlock`` (``all``: everything at block creation, the
-    paper's offline setting; ``timed``: DPF-T's rule with ``T``, ``tick``, ``mode``; ``arrival``: DPF-N's rule
+    Parameters: ``k`` (recompute every k grants), ``unlocking`` (``all``: everything at block creation, the
+    paper's offline setting; ``timed``: DPF-T's rule with ``T``, ``tick``, ``unlock``; ``arrival``: DPF-N's rule
     with ``N``). Parameters of an unlocking rule that is not selected are ignored.
     """
 
     name = "dpack"
     params: ClassVar[Mapping[str, Param]] = {
         "k": K_PARAM,
-        "unlock": Param(choice("unlock", DPACK_UNLOCKS), "all", "unlocking: all (at creation), timed, arrival"),
+        "unlocking": Param(choice("unlocking", DPACK_UNLOCKS), "all", "unlocking: all (at creation), timed, arrival"),
         **TIMED_UNLOCK_PARAMS,
         **ARRIVAL_PARAMS,
     }
 
     @classmethod
     def active_params(cls, config: Mapping[str, Any]) -> set[str]:
-        """``k``, ``unlock`` and the chosen unlocking rule's parameters (:func:`unlock_active_params`)."""
-        return unlock_active_params(config, {"k"}, cls.params["unlock"].default)
+        """``k``, ``unlocking`` and the chosen unlocking rule's parameters (:func:`unlock_active_params`)."""
+        return unlock_active_params(config, {"k"}, cls.params["unlocking"].default)
 
     def make_unlocker(self) -> Unlocker:
         rule = unlocker_for(self.config)

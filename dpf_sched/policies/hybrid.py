@@ -14,11 +14,11 @@ DPF's unlocking and splits every pass in two:
 
 The fair share is what one unlock step releases, as a fraction of a block's capacity:
 
-* ``unlock=arrival`` (DPF-N, default): ``f = 1/N``. Each of the first ``N`` claims on a block unlocks ``G/N``;
+* ``unlocking=arrival`` (DPF-N, default): ``f = 1/N``. Each of the first ``N`` claims on a block unlocks ``G/N``;
   a claim asking at most that on each of its blocks is served first, so packers can only use what fair claims
   leave. Sharing incentive holds (``proofs/dpf-pack.md``, Theorem SI-P).
-* ``unlock=timed`` (DPF-T): ``f = tick/T`` (mode ``paper``) or ``1/K`` with ``K = int(T/tick) + 1`` (mode
-  ``artifact``), the budget of one tick. Arrival-time sharing incentive cannot hold under timed unlocking (as for
+* ``unlocking=timed`` (DPF-T): ``f = tick/T`` (``unlock=paper``) or ``1/K`` with ``K = int(T/tick) + 1`` (``unlock=
+  artifact``), the budget of one tick. Arrival-time sharing incentive cannot hold under timed unlocking (as for
   DPF-T, a lone claim at its block's creation finds nothing unlocked); ``proofs/dpf-pack.md`` states the
   per-tick guarantee that the fair phase gives instead.
 
@@ -51,14 +51,16 @@ class DPFPack(Policy):
     """DPF-Pack (module docstring): DPF's unlocking; each pass serves fair-share claims in DPF order, then packs
     the rest of the unlocked budget by DPack's efficiency.
 
-    Parameters: ``unlock`` (``arrival``: DPF-N's rule with ``N``; ``timed``: DPF-T's with ``T``, ``tick``,
-    ``mode``), ``k`` (DPack's recompute period), ``tie_break`` (DPF's order among equal dominant shares).
+    Parameters: ``unlocking`` (``arrival``: DPF-N's rule with ``N``; ``timed``: DPF-T's with ``T``, ``tick``,
+    ``unlock``), ``k`` (DPack's recompute period), ``tie_break`` (DPF's order among equal dominant shares).
     Parameters of the unlocking rule that is not selected are ignored.
     """
 
     name = "dpf-pack"
     params: ClassVar[Mapping[str, Param]] = {
-        "unlock": Param(choice("unlock", ("arrival", "timed")), "arrival", "unlocking: arrival (DPF-N), timed (DPF-T)"),
+        "unlocking": Param(
+            choice("unlocking", ("arrival", "timed")), "arrival", "unlocking: arrival (DPF-N), timed (DPF-T)"
+        ),
         **ARRIVAL_PARAMS,
         **TIMED_UNLOCK_PARAMS,
         "k": K_PARAM,
@@ -67,8 +69,8 @@ class DPFPack(Policy):
 
     @classmethod
     def active_params(cls, config: Mapping[str, Any]) -> set[str]:
-        """``k``, ``tie_break``, ``unlock`` and the chosen unlocking rule's parameters."""
-        return unlock_active_params(config, {"k", "tie_break"}, cls.params["unlock"].default)
+        """``k``, ``tie_break``, ``unlocking`` and the chosen unlocking rule's parameters."""
+        return unlock_active_params(config, {"k", "tie_break"}, cls.params["unlocking"].default)
 
     def make_unlocker(self) -> Unlocker:
         rule = unlocker_for(self.config)

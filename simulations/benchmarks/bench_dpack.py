@@ -13,8 +13,8 @@ pass (``policy.schedule`` on every waiting claim, every block marked as having g
 process CPU time, ``--repeat`` times; the median is printed (a pass does not change the ledger or the policy, so
 the repeats are the same pass). Two states:
 
-* ``offline`` — ``dpack`` (``unlock=all``): every block fully unlocked, the pass grants hundreds of claims;
-* ``online`` — ``dpack`` with ``unlock=arrival, N=2000``: each arrival unlocked 1/2000 of its blocks, so a
+* ``offline`` — ``dpack`` (``unlocking=all``): every block fully unlocked, the pass grants hundreds of claims;
+* ``online`` — ``dpack`` with ``unlocking=arrival, N=2000``: each arrival unlocked 1/2000 of its blocks, so a
   pass sees a mostly locked budget and many waiting claims that do not fit (the steady state of a service).
 
 Also times the basic-composition pass (ε only) and DPF-Pack's pass on the online state. Prints one JSON line
@@ -109,7 +109,7 @@ def main() -> None:
     configs: list[tuple[str, str, bool, dict[str, Any]]] = []
     for k in args.k:
         configs.append(("offline", "dpack", True, {"k": k}))
-        configs.append(("online", "dpack", True, {"k": k, "unlock": "arrival", "N": 2000}))
+        configs.append(("online", "dpack", True, {"k": k, "unlocking": "arrival", "N": 2000}))
     configs.append(("offline", "dpack", False, {"k": 1}))
     configs.append(("online", "dpf-pack", True, {"k": 1, "N": 2000}))
     for state, policy, renyi, params in configs:
