@@ -243,3 +243,16 @@ def test_fair_n_measures_every_policy_by_the_same_n() -> None:
     assert same.loc["dpf-n", "fair_granted_at_arrival"] == own.loc["dpf-n", "fair_granted_at_arrival"]
     with pytest.raises(InvalidParameterError):
         compare("micro-single", ["fcfs"], fair_n=0, **kw)
+
+
+def test_plots_with_a_categorical_axis(tmp_path) -> None:
+    res = compare(
+        "packing-mix",
+        ["dpf-n", "dpack"],
+        {"N": [5], "unlocking": ["timed", "arrival"]},
+        workload_params={"claims": 20, "offline": False},
+    )
+    paths, _ = compare_mod.write_outputs(res, tmp_path, "packing-mix")
+    assert (tmp_path / "granted.png").stat().st_size > 0
+    assert set(res.runs[res.runs["policy"] == "dpack"]["unlocking"]) == {"timed", "arrival"}
+    assert res.runs[res.runs["policy"] == "dpf-n"]["unlocking"].isna().all()

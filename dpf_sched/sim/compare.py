@@ -505,17 +505,18 @@ def _share_of_optimal(df: pd.DataFrame, runs: Sequence[RunSpec]) -> pd.Series:
     this is the share of the optimum — proven where the run's ``optimal_proven`` is true, otherwise of the best
     solution found (``optimal_bound`` then bounds the optimum). Workload claims all have weight 1, so counts
     are weights. Online, ``optimal`` is a per-pass optimum, not a clairvoyant one, and the share can exceed 1.
+    When ``optimal`` runs several times on one point (a grid over its own parameters), the best run counts.
     """
     by_index = {spec.index: spec for spec in runs}
 
     def key(spec: RunSpec) -> str:
         return json.dumps([spec.seed, sorted(spec.workload_params.items())], default=str)
 
-    best = {
-        key(by_index[int(r)]): float(g)
-        for r, p, g in zip(df["run"], df["policy"], df["granted"], strict=True)
-        if p == OPTIMAL
-    }
+    best: dict[str, float] = {}
+    for r, p, g in zip(df["run"], df["policy"], df["granted"], strict=True):
+        if p == OPTIMAL:  # several optimal runs on one point (an unlocking grid): the best of them
+            k = key(by_index[int(r)])
+            best[k] = max(best.get(k, -math.inf), float(g))
     shares = []
     for r, g in zip(df["run"], df["granted"], strict=True):
         opt = best.get(key(by_index[int(r)]), math.nan)
@@ -559,12 +560,22 @@ def granted_table(result: CompareResult) -> pd.DataFrame:
     return summary_table(result, "granted")
 
 
+def _is_numeric(values: pd.Index | pd.Series) -> bool:
+    try:
+        np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _x_axis(table: pd.DataFrame) -> str:
+    """The plot's x axis: N, else T, else the numeric axis with the most values, else the longest axis."""
     names = [str(n) for n in table.index.names]
     for preferred in ("N", "T"):
         if preferred in names:
             return preferred
-    return max(names, key=lambda n: table.index.get_level_values(n).nunique())
+    numeric = [n for n in names if _is_numeric(table.index.get_level_values(n))]
+    return max(numeric or names, key=lambda n: table.index.get_level_values(n).nunique())
 
 
 def _pyplot() -> Any:
@@ -583,6 +594,13 @@ def plot_granted(table: pd.DataFrame, path: str | Path, title: str) -> None:
     x = _x_axis(table)
     flat = table.reset_index()
     others = [str(n) for n in table.index.names if n != x]
+    categories = None if _is_numeric(flat[x]) else list(dict.fromkeys(flat[x].tolist()))
+
+    def position(col: pd.Series) -> FloatArray:
+        if categories is None:
+            return col.to_numpy(dtype=float)
+        return np.asarray([categories.index(v) for v in col.tolist()], dtype=np.float64)
+
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     groups = list(flat.groupby(others, sort=False)) if others else [((), flat)]
     for key, grp in groups:
@@ -591,11 +609,14 @@ def plot_granted(table: pd.DataFrame, path: str | Path, title: str) -> None:
             vals = key if isinstance(key, tuple) else (key,)
             suffix = " (" + ", ".join(f"{o}={v}" for o, v in zip(others, vals, strict=True)) + ")"
         for policy in table.columns:
-            ax.plot(grp[x].to_numpy(dtype=float), grp[policy].to_numpy(dtype=float), marker="o", label=policy + suffix)
+            ax.plot(position(grp[x]), grp[policy].to_numpy(dtype=float), marker="o", label=policy + suffix)
     label = {"N": "N (DPF-T/RR-T: T = N × mean inter-arrival)", "T": "T"}.get(x, x)
-    xs = flat[x].to_numpy(dtype=float)
-    if xs.size and xs.min() > 0 and xs.max() / xs.min() > 1000:  # Fig. 8's 1 … 10,000: a log axis shows both ends
-        ax.set_xscale("log")
+    if categories is not None:  # a categorical axis (unlocking=timed,arrival): one tick per value
+        ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+    else:
+        xs = flat[x].to_numpy(dtype=float)
+        if xs.size and xs.min() > 0 and xs.max() / xs.min() > 1000:  # Fig. 8's 1 … 10,000: log shows both ends
+            ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("granted claims")
     ax.set_title(title)
