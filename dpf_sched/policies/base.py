@@ -344,6 +344,9 @@ class Policy(ABC):
         return {}
 
     def describe(self) -> str:
-        """Name and parameters, for logs and reports."""
-        args = ", ".join(f"{k}={v}" for k, v in self.config.items())
+        """Name and parameters, for logs and reports (only those that matter when the class declares
+        ``active_params(config)``, as the packing policies do)."""
+        active = getattr(type(self), "active_params", None)
+        keys = set(active(self.config)) if callable(active) else set(self.config)
+        args = ", ".join(f"{k}={v}" for k, v in self.config.items() if k in keys)
         return f"{self.name}({args})"
