@@ -152,20 +152,7 @@ class Scheduler:
         idx, demand = self.ledger.add_claim(claim)
         cap = self.ledger.capacity[idx]
         comp = self.ledger.composition
-        handle = self._seq
-        self._seq += 1
-        q = QueuedClaim(
-            handle=handle,
-            id=claim.id,
-            arrival=now,
-            seq=handle,
-            deadline=claim.deadline,
-            weight=claim.weight,
-            owner=claim.owner,
-            idx=idx,
-            demand=demand,
-            shares=share_key(comp.shares(demand, cap)),
-        )
+        q = self._queued(claim, idx, demand)
         self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
         possible = comp.possible(demand, self.ledger.consumed[idx], cap)
         if not bool(possible.all()):
@@ -173,10 +160,10 @@ class Scheduler:
             self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
             return claim.id
         self.queue.add(q)
-        self._handles[claim.id] = handle
+        self._handles[claim.id] = q.handle
         self._arrivals.append(q)
         if math.isfinite(q.deadline):
-            heapq.heappush(self._deadlines, (q.deadline, handle))
+            heapq.heappush(self._deadlines, (q.deadline, q.handle))
         return claim.id
 
     # ----- adopting state written elsewhere (the HTTP service's scheduler loop) --------------------------

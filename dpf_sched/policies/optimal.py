@@ -32,23 +32,23 @@ import numpy as np
 
 from dpf_sched.errors import InvalidParameterError
 from dpf_sched.packing import DEFAULT_TIME_LIMIT, FORMULATIONS, PackingResult, solve_packing
-from dpf_sched.policies.base import Decision, Param, PassContext, Policy, UnlockAll, Unlocker, Verdict, choice
+from dpf_sched.policies.base import (
+    Decision,
+    Param,
+    PassContext,
+    Policy,
+    UnlockAll,
+    Unlocker,
+    Verdict,
+    choice,
+    positive_float,
+)
 from dpf_sched.policies.unlocking import ARRIVAL_PARAMS, TIMED_PARAMS, arrival_unlocker, timed_unlocker
 from dpf_sched.queue import QueuedClaim
 
 logger = logging.getLogger(__name__)
 
 UNLOCKING = ("all", "timed", "arrival")
-
-
-def _time_limit(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"time_limit must be a positive number of seconds, got {v!r}") from None
-    if isinstance(v, bool) or not np.isfinite(f) or f <= 0:
-        raise InvalidParameterError(f"time_limit must be a positive finite number of seconds, got {v!r}")
-    return f
 
 
 def _gap(v: Any) -> float:
@@ -71,7 +71,7 @@ class Optimal(Policy):
 
     name = "optimal"
     params: ClassVar[Mapping[str, Param]] = {
-        "time_limit": Param(_time_limit, DEFAULT_TIME_LIMIT, "wall-clock seconds of each pass's solve"),
+        "time_limit": Param(positive_float("time_limit"), DEFAULT_TIME_LIMIT, "wall-clock seconds of a pass's solve"),
         "gap": Param(_gap, 0.0, "relative optimality gap at which the solver may stop (0: prove the optimum)"),
         "formulation": Param(choice("formulation", FORMULATIONS), "hull", "MILP of the per-block order choice"),
         "unlocking": Param(choice("unlocking", UNLOCKING), "all", "all (at creation), timed (DPF-T), arrival (DPF-N)"),
