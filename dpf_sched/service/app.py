@@ -49,6 +49,7 @@ from dpf_sched.errors import (
 from dpf_sched.ledger.base import ClaimRecord, ClaimState
 from dpf_sched.ledger.sql import SqlLedger, composition_descriptor, open_store
 from dpf_sched.ledger.sql.schema import TABLES
+from dpf_sched.ledger.sql.stores import Store
 from dpf_sched.service.leader import LeaderLoop, WallClock
 from dpf_sched.service.models import (
     BlockCreate,
@@ -71,7 +72,7 @@ from dpf_sched.service.models import (
     fingerprint,
     selector_value,
 )
-from dpf_sched.service.tables import ClaimMeta, Principal, ServiceTables
+from dpf_sched.service.tables import ClaimMeta, Principal, ServiceTables, TokenCache, reserve_claim_meta
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("dpf_sched.service.access")
@@ -83,6 +84,10 @@ MAX_BODY = 1 << 20
 #: Longest long poll (seconds) and its default.
 MAX_WAIT = 60.0
 DEFAULT_WAIT = 30.0
+#: Most claim labels remembered (then the memo starts afresh).
+_LABEL_CACHE = 100_000
+#: Seconds a token found live is trusted without a new lookup: the bound on how late a revocation takes effect.
+TOKEN_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class ServiceConfig:
     max_body: int = MAX_BODY
     composition: Composition | None = None
     run_leader: bool = True
+    token_ttl: float = TOKEN_TTL
 
 
 # ----- errors: one place maps the library's typed errors to HTTP ------------------------------------------------
@@ -285,6 +291,8 @@ class Service:
         except BaseException:
             self.ledger.close()
             raise
+        self.tokens = TokenCache(config.token_ttl)
+        self._labels: dict[str, str | None] = {}
         self.leader: LeaderLoop | None = None
         if config.run_leader:
             # Fail early on a bad policy name or parameter (the loop would only log it).
@@ -326,8 +334,20 @@ class Service:
             record = self.call(lambda led: led.claim(lid))
         except UnknownClaimError:
             raise _not_found(public_id) from None
+        return record, self.label(lid)
+
+    def label(self, lid: str) -> str | None:
+        """The label of an API-created claim (its metadata row never changes once committed, so a row found is
+        remembered and later replies need no query)."""
+        if lid in self._labels:
+            return self._labels[lid]
         meta = self.tables.claim_meta(lid)
-        return record, None if meta is None else meta.label
+        if meta is None:
+            return None
+        if len(self._labels) >= _LABEL_CACHE:
+            self._labels.clear()
+        self._labels[lid] = meta.label
+        return meta.label
 
     def out(self, p: Principal, public_id: str) -> ClaimOut:
         """The caller's claim as a reply."""
@@ -390,21 +410,21 @@ class Service:
                 if meta is None:
                     raise conflict
                 return 200, self.out(p, public_id)
-            with self.lock:
-                self.build_claim(p, lid, body, self.ledger)  # validate before anything is recorded
-        stored = self.tables.put_claim_meta(ClaimMeta(lid, p.tenant, body.label, fp))
-        if stored.fingerprint != fp:
-            raise conflict
+        new_meta = ClaimMeta(lid, p.tenant, body.label, fp)
+
+        def reserve(store: Store) -> None:
+            # Inside the ledger's transaction that adds the claim: the metadata row and the claim commit together
+            # (one transaction, one fsync), or neither does.
+            if reserve_claim_meta(store, new_meta).fingerprint != fp:
+                raise conflict
+
         with self.lock:
             led = self.ledger
             try:
                 claim = self.build_claim(p, lid, body, led)
-                idx, demand = led.add_claim(claim)
+                idx, demand = led.add_claim(claim, before=reserve)
             except DuplicateIdError:
                 created = False
-            except BaseException:
-                self.tables.forget_claim_meta(lid, fp)
-                raise
             else:
                 created = True
                 comp = self.composition
@@ -413,6 +433,11 @@ class Service:
                     bad = claim.blocks[int(possible.argmin())]
                     with contextlib.suppress(InvalidStateError):
                         led.reject(lid, self.now(), f"demand exceeds what block {bad} can ever provide")
+        if not created:
+            # The id exists in the ledger (a concurrent create won the race): the same request → its claim.
+            stored = self.tables.claim_meta(lid)
+            if stored is None or stored.fingerprint != fp:
+                raise conflict
         if created:
             self.nudge()
         return (201 if created else 200), self.out(p, public_id)
@@ -556,9 +581,13 @@ async def principal(
         raise ApiError(401, "unauthenticated", "a bearer token is required")
     svc: Service = request.app.state.service
     token = cred.credentials
-    p = await run_in_threadpool(lambda: svc.tables.verify(token))
+    p = svc.tokens.get(token)  # a live token seen less than token_ttl seconds ago: no lookup, no thread
     if p is None:
-        raise ApiError(401, "unauthenticated", "invalid or revoked token")
+        started = time.monotonic()
+        p = await run_in_threadpool(lambda: svc.tables.verify(token))
+        if p is None:
+            raise ApiError(401, "unauthenticated", "invalid or revoked token")
+        svc.tokens.put(token, p, started)
     request.state.tenant = p.tenant
     return p
 

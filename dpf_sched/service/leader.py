@@ -29,10 +29,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dpf_sched.clock import Clock
 from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
 from dpf_sched.ledger.base import ClaimState
 from dpf_sched.ledger.sql import SqlLedger, open_store
-from dpf_sched.scheduler import Scheduler
+from dpf_sched.policies.base import Decision
+from dpf_sched.scheduler import Outcome, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,23 @@ class LeaderLedger(SqlLedger):
             if self.state(claim_id) is ClaimState.WAITING:
                 raise
             logger.info("claim %s left the waiting state elsewhere; not rejected (%s)", claim_id, reason)
+
+
+class LeaderScheduler(Scheduler):
+    """The leader's scheduler: the decisions of one pass are applied in one ledger transaction
+    (:meth:`SqlLedger.batch`): one journal entry per grant or rejection, as always, but one commit (one fsync)
+    for all of them. Nobody learns of a grant before that commit (the API reads committed rows only, and waiters
+    are woken after the step); a storage failure rolls the whole pass back and the loop steps down."""
+
+    def __init__(self, ledger: SqlLedger, policy: str, clock: Clock, **params: Any) -> None:
+        super().__init__(ledger, policy, clock, **params)
+        self._sql = ledger
+
+    def _apply(self, decisions: list[Decision], now: float) -> list[Outcome]:
+        if len(decisions) < 2:
+            return super()._apply(decisions, now)
+        with self._sql.batch():
+            return super()._apply(decisions, now)
 
 
 class LeaderLoop:
@@ -184,7 +203,7 @@ class LeaderLoop:
         except GrantLeaseError:
             return False
         # We hold the lease: build the scheduler from the ledger alone.
-        sched = Scheduler(led, self.policy, self.clock, **self.params)
+        sched = LeaderScheduler(led, self.policy, self.clock, **self.params)
         led.observer = self._observe
         self._events = []
         self._high = led.journal_length  # catches up; what it replays is in the snapshot below

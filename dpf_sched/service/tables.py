@@ -116,6 +116,70 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class TokenCache:
+    """Positive token lookups of the last ``ttl`` seconds, keyed by the SHA-256 of the whole token.
+
+    Only live tokens are cached (a malformed, unknown, wrong or revoked token is looked up again every time), and
+    an entry is trusted for at most ``ttl`` seconds after the lookup that found it live: a token revoked in the
+    database (by any process) is refused by every process within ``ttl`` seconds. ``ttl <= 0`` disables the
+    cache. The secret itself is never kept, only its digest (a dictionary key). Thread-safe enough for its use:
+    the event loop reads and writes it, single dictionary operations are atomic.
+    """
+
+    def __init__(self, ttl: float = 1.0, max_size: int = 4096) -> None:
+        self.ttl = float(ttl)
+        self.max_size = int(max_size)
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        """The cache key of a token (a digest: the token is not kept)."""
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> Principal | None:
+        """The principal of ``token`` if it was found live less than ``ttl`` seconds ago, else None."""
+        if self.ttl <= 0:
+            return None
+        k = self.key(token)
+        hit = self._entries.get(k)
+        if hit is None:
+            return None
+        if time.monotonic() >= hit[0]:
+            self._entries.pop(k, None)
+            return None
+        return hit[1]
+
+    def put(self, token: str, principal: Principal, looked_up_at: float) -> None:
+        """Remember a live token found by a lookup that started at ``looked_up_at`` (``time.monotonic()``)."""
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_size:
+            now = time.monotonic()
+            for k in [k for k, (expiry, _) in self._entries.items() if expiry <= now]:
+                self._entries.pop(k, None)
+            if len(self._entries) >= self.max_size:
+                self._entries.clear()
+        self._entries[self.key(token)] = (looked_up_at + self.ttl, principal)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+
+def reserve_claim_meta(store: Store, meta: ClaimMeta) -> ClaimMeta:
+    """Record a claim's metadata through ``store``, inside the caller's write transaction, unless a row exists;
+    return the row that is stored now (the existing one, which may have another fingerprint)."""
+    rows = store.execute(f"SELECT id, tenant, label, fingerprint FROM {CLAIM_TABLE} WHERE id = ?", (meta.ledger_id,))
+    if rows:
+        r = rows[0]
+        return ClaimMeta(str(r[0]), str(r[1]), None if r[2] is None else str(r[2]), str(r[3]))
+    store.execute(
+        f"INSERT INTO {CLAIM_TABLE} (id, tenant, label, fingerprint, created_at) VALUES (?, ?, ?, ?, ?)",
+        (meta.ledger_id, meta.tenant, meta.label, meta.fingerprint, time.time()),
+    )
+    return meta
+
+
 class ServiceTables:
     """Access to the service's tables through one store connection (thread-safe: one lock per object).
 

@@ -5,8 +5,9 @@ Starts ``dpf-sched serve`` (FCFS, one ledger per run) as a subprocess, creates e
 that each run their share of ``--claims`` claim lifecycles: submit a claim on one block, wait for the grant (long
 poll), consume part of it, release the rest. Claim → grant is the time from sending the submit to holding the
 granted record; consume is one consume call (one durable ledger transaction behind it). Claims per second counts
-finished lifecycles over the run's wall time. The clients run in this process, beside the server on the same
-machine, so the numbers include both sides' CPU.
+finished lifecycles over the run's wall time; server CPU per claim is the server process's user + system CPU time
+during the run divided by the lifecycles (steadier than throughput on a shared machine). The clients run in this
+process, beside the server on the same machine, so the numbers include both sides' CPU.
 
     python simulations/benchmarks/bench_service.py                    # SQLite in a temporary directory
     python simulations/benchmarks/bench_service.py --postgres postgresql://postgres@127.0.0.1:5432/test
@@ -72,6 +73,15 @@ def serve(db: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"dpf-sched serve did not become ready: {log.read_text()}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def client_loop(url: str, tok: str, name: str, n: int, grant_ms: list[float], consume_ms: list[float]) -> None:
     with ServiceClient(url, tok, retries=10, timeout=60.0) as client:
         for i in range(n):
@@ -104,12 +114,14 @@ def bench(db: str, clients: int, claims: int, log: Path) -> dict[str, Any]:
             threading.Thread(target=client_loop, args=(url, tenant, f"c{k}", per, grant_ms, consume_ms))
             for k in range(clients)
         ]
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        server_cpu = cpu_seconds(proc.pid) - cpu0
         with ServiceClient(url, admin) as client:
             audit_ok = client.audit().ok
     finally:
@@ -126,6 +138,7 @@ def bench(db: str, clients: int, claims: int, log: Path) -> dict[str, Any]:
         "grant_p99_ms": float(np.percentile(grant_ms, 99)),
         "consume_p50_ms": float(np.percentile(consume_ms, 50)),
         "consume_p99_ms": float(np.percentile(consume_ms, 99)),
+        "server_cpu_ms_per_claim": server_cpu / done * 1e3 if done else float("nan"),
         "audit_ok": audit_ok,
     }
 
@@ -165,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(
             f"{'backend':<11} {'clients':>7} {'claims':>6} {'claims/s':>9} {'grant p50':>10} {'grant p99':>10} "
-            f"{'consume p50':>12} {'consume p99':>12} {'audit':>6}\n"
+            f"{'consume p50':>12} {'consume p99':>12} {'srv CPU/claim':>14} {'audit':>6}\n"
         )
         for r in rows:
             sys.stdout.write(
                 f"{r['backend']:<11} {r['clients']:>7} {r['claims']:>6} {r['claims_per_s']:>9.1f} "
                 f"{r['grant_p50_ms']:>8.1f}ms {r['grant_p99_ms']:>8.1f}ms {r['consume_p50_ms']:>10.1f}ms "
-                f"{r['consume_p99_ms']:>10.1f}ms {'ok' if r['audit_ok'] else 'FAIL':>6}\n"
+                f"{r['consume_p99_ms']:>10.1f}ms {r['server_cpu_ms_per_claim']:>12.2f}ms "
+                f"{'ok' if r['audit_ok'] else 'FAIL':>6}\n"
             )
     return 0
 

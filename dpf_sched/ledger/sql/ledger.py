@@ -18,6 +18,7 @@ invariants. Reads catch the mirror up first (one cheap query when nothing is new
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -221,6 +222,9 @@ class SqlLedger(Ledger):
         self._mem = MemoryLedger(self.composition)
         self._seq = 0
         self._stale = False
+        self._batch_depth = 0
+        self._batch_failed = False
+        self._batch_wrote = False
         self._sync()
 
     # ----- schema -------------------------------------------------------------------------------------------
@@ -350,23 +354,36 @@ class SqlLedger(Ledger):
         return self._mem
 
     def _write(
-        self, run: Callable[[MemoryLedger], T], record: Callable[[T], tuple[str, dict[str, Any], str | None] | None]
+        self,
+        run: Callable[[MemoryLedger], T],
+        record: Callable[[T], tuple[str, dict[str, Any], str | None] | None],
+        before: Callable[[Store], None] | None = None,
     ) -> T:
-        """One write transaction: catch up, ``run`` on the mirror, ``record`` the rows and journal, commit.
+        """One write transaction: catch up, ``before``, ``run`` on the mirror, ``record`` the rows and journal, commit.
 
         ``record`` writes the changed rows (it may return ``None`` when nothing changed) and returns the
-        journal entry (operation, payload, request id).
+        journal entry (operation, payload, request id). Inside :meth:`batch` the transaction is the batch's: the
+        operation is written but commits with the batch.
         """
         st = self._store
-        st.begin_write()
+        in_batch = self._batch_depth > 0
+        if in_batch:
+            if self._batch_failed:
+                raise LedgerStorageError(f"{st.describe()}: an earlier write of this batch failed; it was rolled back")
+        else:
+            st.begin_write()
         changed = False
         try:
-            self._catch_up()
+            if not in_batch:
+                self._catch_up()  # a batch caught up when it began and holds the write lock since
+            if before is not None:
+                before(st)
             result = run(self._mem)  # validates; a refusal changes nothing
             changed = True
             entry = record(result)
             if entry is None:
-                st.rollback()
+                if not in_batch:
+                    st.rollback()
                 return result
             op, payload, request_id = entry
             seq = self._seq + 1
@@ -374,16 +391,69 @@ class SqlLedger(Ledger):
                 "INSERT INTO dpf_journal (seq, op, payload, request_id, recorded_at) VALUES (?, ?, ?, ?, ?)",
                 (seq, op, _dumps(payload), request_id, time.time()),
             )
-            if self._before_commit is not None:
-                self._before_commit()
-            st.commit()
+            if not in_batch:
+                if self._before_commit is not None:
+                    self._before_commit()
+                st.commit()
         except BaseException:
-            st.rollback()
-            if changed:
-                self._stale = True  # the mirror ran ahead of what is durable: rebuild it from the journal
+            if not in_batch:
+                st.rollback()
+                if changed:
+                    self._stale = True  # the mirror ran ahead of what is durable: rebuild it from the journal
+            elif changed or before is not None:
+                # Part of this operation may be written: the whole batch goes (rolled back at once, so nothing
+                # after this can commit by mistake), and the mirror is rebuilt from the journal.
+                st.rollback()
+                self._batch_failed = True
+                self._stale = True
+            # else: refused by the mirror before anything was written; the batch's earlier operations stand.
             raise
         self._seq = seq
+        if in_batch:
+            self._batch_wrote = True
         return result
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run the write operations of the ``with`` body in **one** transaction, committed when the body ends.
+
+        Each operation still validates against the mirror, writes its rows and appends its own journal entry
+        (one entry per operation, ``seq`` consecutive), exactly as alone; only the commit (and its fsync) is
+        shared. Nothing is visible to other connections, and nothing may be acknowledged, before the ``with``
+        exits without error. An operation the mirror refuses raises and leaves the batch's earlier operations
+        in place; a storage failure rolls the whole batch back (later operations in it raise, and so does the
+        exit). An exception out of the body rolls the batch back. The write lock is held for the whole body, so
+        keep it short (the scheduler loop applies one pass's decisions in it). Batches do not nest (an inner
+        ``batch()`` joins the outer one).
+        """
+        if self._batch_depth > 0:
+            yield
+            return
+        st = self._store
+        st.begin_write()
+        self._batch_depth = 1
+        self._batch_failed = False
+        self._batch_wrote = False
+        try:
+            self._catch_up()
+            yield
+            if self._batch_failed:
+                raise LedgerStorageError(f"{st.describe()}: a write of this batch failed; the batch was rolled back")
+            if self._batch_wrote:
+                if self._before_commit is not None:
+                    self._before_commit()
+                st.commit()
+            else:
+                st.rollback()
+        except BaseException:
+            st.rollback()
+            if self._batch_wrote:
+                self._stale = True  # the mirror holds writes that were not committed: rebuild it
+            raise
+        finally:
+            self._batch_depth = 0
+            self._batch_failed = False
+            self._batch_wrote = False
 
     # ----- row writers --------------------------------------------------------------------------------------
     def _block_state(self, i: int) -> tuple[Any, ...]:
@@ -543,7 +613,16 @@ class SqlLedger(Ledger):
         return self._sync().retired_mask
 
     # ----- claims -------------------------------------------------------------------------------------------
-    def add_claim(self, claim: Claim) -> tuple[IntArray, FloatArray]:
+    def add_claim(
+        self, claim: Claim, *, before: Callable[[Store], None] | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        """Add a waiting claim (one transaction, one journal entry).
+
+        ``before``, when given, runs inside the same write transaction, after the catch-up and before the claim
+        is validated: it may write rows of its own (outside the ledger's tables: the HTTP service records the
+        claim's request metadata there, so both commit or neither) or raise to refuse (nothing is written).
+        """
+
         def record(result: tuple[IntArray, FloatArray]) -> tuple[str, dict[str, Any], None]:
             _, demand = result
             pos = self._seq + 1
@@ -579,7 +658,7 @@ class SqlLedger(Ledger):
             }
             return "add_claim", payload, None
 
-        return self._write(lambda m: m.add_claim(claim), record)
+        return self._write(lambda m: m.add_claim(claim), record, before)
 
     def hold_grant_lease(self, timeout: float | None = None) -> None:
         """Take the right to grant (one scheduler loop at a time); wait up to ``timeout`` seconds.
