@@ -301,6 +301,17 @@ def rdp_to_epsilon(
     return max(0.0, float(eps[i])), float(a[i])
 
 
+def budget_json(b: Budget) -> dict[str, Any]:
+    """A budget as the JSON object of the trace format and the service API: ``{"epsilon": ε}`` (plus
+    ``"delta"`` when δ > 0) or ``{"rdp": [ε(α₁), …]}`` on the budget's grid."""
+    if isinstance(b, RenyiCurve):
+        return {"rdp": [float(x) for x in np.asarray(b.values).tolist()]}
+    out: dict[str, Any] = {"epsilon": float(b.epsilon)}
+    if b.delta:
+        out["delta"] = float(b.delta)
+    return out
+
+
 def curve(grid: AlphaGrid, values: Iterable[float]) -> RenyiCurve:
     """Shorthand for ``RenyiCurve(grid, values)``."""
     return RenyiCurve(grid, list(values))  # type: ignore[arg-type]  # validated by RenyiCurve

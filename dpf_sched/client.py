@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 
 from dpf_sched.block import Block
-from dpf_sched.budget import AlphaGrid, Budget, Conversion, EpsDelta, RenyiCurve
+from dpf_sched.budget import AlphaGrid, Budget, Conversion, EpsDelta, RenyiCurve, budget_json
 from dpf_sched.claim import Claim
 from dpf_sched.errors import (
     AlphaGridMismatchError,
@@ -429,16 +429,13 @@ class ServiceClient:
                 raise AlphaGridMismatchError(
                     f"curve is on α grid {value.grid.orders}, the service's ledger grid is {info.grid.orders}"
                 )
-            return {"rdp": [float(x) for x in value.values]}
+            return budget_json(value)
         if isinstance(value, EpsDelta):
             if info.grid is not None:
                 raise CompositionMismatchError(
                     "the service's ledger uses Rényi composition: demands and amounts must be Rényi curves"
                 )
-            out: dict[str, Any] = {"epsilon": value.epsilon}
-            if value.delta:
-                out["delta"] = value.delta
-            return out
+            return budget_json(value)
         raise InvalidParameterError(f"not a budget: {value!r}")
 
     def _capacity_out(self, block: Block) -> dict[str, Any]:

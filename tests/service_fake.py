@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import httpx
 
 from dpf_sched.block import Block
-from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve
+from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve, budget_json
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock
 from dpf_sched.composition import RenyiComposition
@@ -26,12 +26,6 @@ from dpf_sched.scheduler import Scheduler
 from dpf_sched.selector import BlockSelector
 
 GRID = AlphaGrid((2.0, 4.0, 8.0, 16.0))
-
-
-def budget_json(b: Budget) -> dict[str, Any]:
-    if isinstance(b, RenyiCurve):
-        return {"rdp": [float(x) for x in b.values]}
-    return {"epsilon": b.epsilon, "delta": b.delta}
 
 
 def error(status: int, code: str, detail: str) -> httpx.Response:

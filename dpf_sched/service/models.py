@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from dpf_sched.budget import Budget, EpsDelta, RenyiCurve
+from dpf_sched.budget import Budget, EpsDelta, RenyiCurve, budget_json
 from dpf_sched.composition import Composition, RenyiComposition
 from dpf_sched.errors import InvalidBudgetError, InvalidParameterError
 from dpf_sched.ledger.base import BlockBudgets, ClaimRecord, ClaimState
@@ -214,13 +214,6 @@ def selector_value(s: SelectorIn) -> BlockSelector:
         latest=s.latest,
         min_blocks=1 if s.min_blocks is None else s.min_blocks,
     )
-
-
-def budget_json(b: Budget) -> dict[str, Any]:
-    """A budget as JSON: ``{"epsilon", "delta"}`` or ``{"rdp": [...]}``."""
-    if isinstance(b, RenyiCurve):
-        return {"rdp": [float(x) for x in np.asarray(b.values).tolist()]}
-    return {"epsilon": float(b.epsilon), "delta": float(b.delta)}
 
 
 def public_state(record: ClaimRecord, comp: Composition) -> str:

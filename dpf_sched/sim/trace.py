@@ -18,7 +18,7 @@ import numpy as np
 
 from dpf_sched.accounting import gaussian_rdp, gaussian_sigma_for
 from dpf_sched.block import Block
-from dpf_sched.budget import DEFAULT_ALPHAS, AlphaGrid, Budget, Conversion, EpsDelta, RenyiCurve
+from dpf_sched.budget import DEFAULT_ALPHAS, AlphaGrid, Budget, Conversion, EpsDelta, RenyiCurve, budget_json
 from dpf_sched.claim import Claim
 from dpf_sched.composition import BasicComposition, Composition, RenyiComposition
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, TraceFormatError
@@ -436,15 +436,6 @@ def _events(
 # ----- writing ------------------------------------------------------------------------------------------------
 
 
-def _budget_fields(b: Budget) -> dict[str, Any]:
-    if isinstance(b, EpsDelta):
-        out: dict[str, Any] = {"epsilon": b.epsilon}
-        if b.delta:
-            out["delta"] = b.delta
-        return out
-    return {"rdp": [float(x) for x in b.values]}
-
-
 def header_line(header: TraceHeader) -> dict[str, Any]:
     """The JSON object of a header."""
     out: dict[str, Any] = {"kind": "header", "composition": header.composition}
@@ -463,7 +454,7 @@ def block_line(block: Block) -> dict[str, Any]:
     if block.guarantee is not None:
         out.update({"epsilon": block.guarantee.epsilon, "delta": block.guarantee.delta})
     else:
-        out.update(_budget_fields(block.capacity))
+        out.update(budget_json(block.capacity))
     if block.attributes:
         out["attributes"] = dict(block.attributes)
     return out
@@ -479,10 +470,10 @@ def claim_line(claim: Claim, label: str | None = None) -> dict[str, Any]:
     }
     values = list(claim.demand.values())
     if all(v == values[0] for v in values):
-        out.update(_budget_fields(values[0]))
+        out.update(budget_json(values[0]))
     else:
         out["demand"] = {
-            k: (v.values.tolist() if isinstance(v, RenyiCurve) else _budget_fields(v)) for k, v in claim.demand.items()
+            k: (v.values.tolist() if isinstance(v, RenyiCurve) else budget_json(v)) for k, v in claim.demand.items()
         }
     if claim.timeout is not None:
         out["timeout"] = claim.timeout
