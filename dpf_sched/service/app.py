@@ -455,33 +455,31 @@ class Service:
 
     def consume(self, p: Principal, public_id: str, body: ConsumeRequest) -> ClaimOut:
         """Spend part or all of the caller's grant, once per request id."""
-        lid = f"{p.tenant}/{public_id}"
-        rid = f"{p.tenant}/{body.request_id}"
         comp = self.composition
         amounts = (
             None
             if body.amounts is None
             else {b: budget_value(v, comp, f"amount on block {b}") for b, v in body.amounts.items()}
         )
-        with self.lock:
-            led = self.ledger
-            try:
-                led.state(lid)
-            except UnknownClaimError:
-                raise _not_found(public_id) from None
-            seen = led.has_request(rid)
-            try:
-                led.consume(lid, amounts, self.now(), request_id=rid)
-            except InvalidParameterError as e:
-                if seen:
-                    raise ApiError(409, "conflict", f"request id {body.request_id!r} was used elsewhere") from e
-                raise
+        self._once(
+            p, public_id, body.request_id, lambda led, lid, rid: led.consume(lid, amounts, self.now(), request_id=rid)
+        )
         return self.out(p, public_id)
 
     def release(self, p: Principal, public_id: str, body: ReleaseRequest) -> ClaimOut:
         """Return the rest of the caller's grant, once per request id."""
+        self._once(p, public_id, body.request_id, lambda led, lid, rid: led.release(lid, self.now(), request_id=rid))
+        self.nudge()  # returned budget may let a waiting claim fit
+        return self.out(p, public_id)
+
+    def _once(self, p: Principal, public_id: str, request_id: str, op: Callable[[SqlLedger, str, str], None]) -> None:
+        """Apply ``op(ledger, ledger claim id, ledger request id)`` to the caller's claim, once per request id.
+
+        Another tenant's or an unknown claim is 404; a request id the ledger already recorded for another
+        operation is 409 (the ledger refuses its reuse), while a retry of the same operation is a no-op there.
+        """
         lid = f"{p.tenant}/{public_id}"
-        rid = f"{p.tenant}/{body.request_id}"
+        rid = f"{p.tenant}/{request_id}"
         with self.lock:
             led = self.ledger
             try:
@@ -490,13 +488,11 @@ class Service:
                 raise _not_found(public_id) from None
             seen = led.has_request(rid)
             try:
-                led.release(lid, self.now(), request_id=rid)
+                op(led, lid, rid)
             except InvalidParameterError as e:
                 if seen:
-                    raise ApiError(409, "conflict", f"request id {body.request_id!r} was used elsewhere") from e
+                    raise ApiError(409, "conflict", f"request id {request_id!r} was used elsewhere") from e
                 raise
-        self.nudge()  # returned budget may let a waiting claim fit
-        return self.out(p, public_id)
 
     def withdraw(self, p: Principal, public_id: str) -> ClaimOut:
         """Withdraw the caller's waiting claim (rejected, reason ``withdrawn``); 409 when it is not waiting."""
