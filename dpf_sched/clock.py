@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Protocol
 
@@ -16,10 +17,20 @@ class Clock(Protocol):
 
 
 class WallClock:
-    """Real time (Unix seconds)."""
+    """Real time (Unix seconds) that never goes backwards.
+
+    The scheduler refuses a clock that goes back, and the system clock can be stepped back (NTP), so a step back
+    reads as the last time given until real time catches up. Safe to share between threads.
+    """
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+        self._lock = threading.Lock()
 
     def now(self) -> float:
-        return time.time()
+        with self._lock:
+            self._last = max(self._last, time.time())
+            return self._last
 
 
 class ManualClock:

@@ -208,3 +208,12 @@ def test_withdraw_rejects_a_waiting_claim_and_it_never_runs() -> None:
         sched.withdraw("c0")  # granted: release it instead
     with pytest.raises(UnknownClaimError):
         sched.withdraw("nope")
+
+
+def test_wall_clock_never_goes_backwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpf_sched.clock as clock_mod
+
+    readings = iter([100.0, 99.0, 101.0])  # the system clock is stepped back once (NTP)
+    monkeypatch.setattr(clock_mod.time, "time", lambda: next(readings))
+    clock = WallClock()
+    assert [clock.now(), clock.now(), clock.now()] == [100.0, 100.0, 101.0]

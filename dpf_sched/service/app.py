@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dpf_sched.block import Block
 from dpf_sched.budget import EpsDelta
 from dpf_sched.claim import Claim
+from dpf_sched.clock import WallClock
 from dpf_sched.composition import Composition, RenyiComposition
 from dpf_sched.errors import (
     AlphaGridMismatchError,
@@ -50,7 +51,7 @@ from dpf_sched.ledger.base import ClaimRecord, ClaimState
 from dpf_sched.ledger.sql import SqlLedger, composition_descriptor, open_store
 from dpf_sched.ledger.sql.schema import TABLES
 from dpf_sched.ledger.sql.stores import Store
-from dpf_sched.service.leader import LeaderLoop, WallClock
+from dpf_sched.service.leader import LeaderLoop
 from dpf_sched.service.models import (
     BlockCreate,
     BlockIds,

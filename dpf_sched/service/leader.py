@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dpf_sched.clock import Clock
+from dpf_sched.clock import Clock, WallClock
 from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
 from dpf_sched.ledger.base import ClaimState
 from dpf_sched.ledger.sql import SqlLedger, open_store
@@ -37,19 +36,6 @@ from dpf_sched.policies.base import Decision
 from dpf_sched.scheduler import Outcome, Scheduler
 
 logger = logging.getLogger(__name__)
-
-
-class WallClock:
-    """Unix time that never goes backwards (the scheduler refuses a clock that does; NTP may step it)."""
-
-    def __init__(self) -> None:
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            self._last = max(self._last, time.time())
-            return self._last
 
 
 class LeaderLedger(SqlLedger):
