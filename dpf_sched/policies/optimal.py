@@ -119,11 +119,6 @@ class Optimal(Policy):
             return arrival_unlocker(self.config)
         return UnlockAll()
 
-    def describe(self) -> str:
-        keys = self.active_params(self.config)
-        args = ", ".join(f"{k}={v}" for k, v in self.config.items() if k in keys)
-        return f"{self.name}({args})"
-
     def _candidates(self, ctx: PassContext) -> list[QueuedClaim]:
         """Waiting claims that arrived now or wait on a block that gained budget, and fit alone."""
         queue = ctx.queue
