@@ -5,8 +5,11 @@
 # instead of downloading a CUDA build (../shared/spec/accounting.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e '.[dev,plot,opacus,postgres,service,docs]'
+# Every package is installed at the version pinned in requirements/test.txt (regenerate it with scripts/lock.sh),
+# so this command installs the same environment on every machine, today and next month.
+pins=requirements/test.txt
+python -m pip install --quiet --disable-pip-version-check -c "$pins" torch==2.13.0
+python -m pip install --quiet --disable-pip-version-check -c "$pins" -e '.[dev,plot,opacus,postgres,service,docs,dp-accounting]'
 python -m ruff check dpf_sched
 python -m mypy dpf_sched
 python -m pytest -q "$@"
