@@ -205,7 +205,7 @@ def test_a_missing_extra_is_a_typed_error_with_the_install_command(monkeypatch: 
 def test_importing_the_event_modules_loads_neither_dp_accounting_nor_torch() -> None:
     code = (
         "import sys\n"
-        "import dpf_sched.accounting_events, dpf_sched.integrations.charge\n"
+        "import dpf_sched.accounting_events, dpf_sched.integrations.charge, dpf_sched.integrations.sweep\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('dp_accounting', 'torch', 'opacus', 'httpx'))\n"
         "assert not bad, bad\n"
     )

@@ -57,7 +57,7 @@ def cost_curve(cost: Cost, grid: AlphaGrid) -> RenyiCurve:
     return event_curve(cost, grid)
 
 
-def _blocks(record: ClaimRecord, blocks: Sequence[str] | None) -> tuple[str, ...]:
+def charged_blocks(record: ClaimRecord, blocks: Sequence[str] | None) -> tuple[str, ...]:
     """The blocks to charge: all of the claim's, or the named ones (each held by the claim, none twice)."""
     held = tuple(record.claim.blocks)
     if blocks is None:
@@ -97,7 +97,7 @@ def charge_curve(
     record = client.status(claim_id)
     if record.state is not ClaimState.GRANTED:
         raise InvalidStateError(f"claim {claim_id} is {record.state.value}, not granted: nothing can be charged")
-    chosen = _blocks(record, blocks)
+    chosen = charged_blocks(record, blocks)
     client.consume(claim_id, dict.fromkeys(chosen, charge))
     logger.info("charged claim %s on %d block(s)", claim_id, len(chosen))
     return charge
