@@ -90,3 +90,18 @@ def test_the_example_runs_against_the_service(tmp_path: Path) -> None:
     np.testing.assert_array_equal(block.consumed.values, total)  # type: ignore[union-attr]
     assert block.allocated.is_zero()
     assert audit.ok, audit.raw
+
+
+@pytest.mark.parametrize(
+    "args", [["--create-block", "abc"], ["--create-block", "1,2"], ["--rows", "-3"], ["--service", "http://x"]]
+)
+def test_bad_arguments_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        load_example().main(["--in-process", *args] if args[0] != "--service" else args)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_an_invalid_mechanism_is_an_error_before_anything_is_claimed(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("opacus", reason="SchedulerClient lives in the opacus integration package")
+    assert load_example().main(["--in-process", "--sigma-sum", "0"]) == 2
+    assert "GaussianDpEvent.noise_multiplier" in capsys.readouterr().err

@@ -73,9 +73,19 @@ def accuracy(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((x @ w > 0) == (y > 0.5)))
 
 
+def guarantee(text: str) -> tuple[float, float]:
+    """``EPS,DELTA`` as a valid (ε, δ) pair (an argparse type: a bad value is a usage error, exit 2)."""
+    try:
+        eps, delta = (float(x) for x in text.split(","))
+        EpsDelta(eps, delta)
+    except (ValueError, DpfSchedError) as exc:
+        raise argparse.ArgumentTypeError(f"expected EPS,DELTA with EPS >= 0 and 0 <= DELTA < 1, got {text!r}") from exc
+    return eps, delta
+
+
 def open_client(args: argparse.Namespace) -> Any:
     """An in-process scheduler with one fresh block, or an HTTP client of the service."""
-    eps, delta = (float(v) for v in args.create_block.split(",")) if args.create_block else (10.0, 1e-6)
+    eps, delta = args.create_block or (10.0, 1e-6)
     if args.in_process:
         from dpf_sched.budget import AlphaGrid
         from dpf_sched.clock import ManualClock
@@ -111,6 +121,11 @@ def run(args: argparse.Namespace, client: Any) -> dict[str, Any]:
     demand = BudgetedSweep.demand([t[3] for t in claimed], grid)
     claim_id = client.submit(Claim(args.claim_id, {args.block: demand}, timeout=args.timeout))
     record = client.wait(claim_id, args.timeout)
+    if record.state is ClaimState.WAITING and hasattr(client, "withdraw"):
+        try:  # give up: no grant may arrive after the job left
+            record = client.withdraw(claim_id)
+        except DpfSchedError:
+            record = client.status(claim_id)
     if record.state is not ClaimState.GRANTED:
         raise DpfSchedError(f"claim {claim_id} was not granted: {record.state.value} ({record.reason})")
 
@@ -156,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--in-process", action="store_true", help="use an in-process scheduler with one block")
     parser.add_argument("--token", help="a bearer token (dpf-sched tokens create); with --service")
     parser.add_argument("--block", default="day-0", help="the block the trials train on")
-    parser.add_argument("--create-block", metavar="EPS,DELTA", help="create the block if missing (admin token)")
+    parser.add_argument(
+        "--create-block", metavar="EPS,DELTA", type=guarantee, help="create the block if missing (admin token)"
+    )
     parser.add_argument("--claim-id", default="sweep", help="the claim's id (unique per tenant)")
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 2.0], help="learning rates tried")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0], help="noise multipliers tried")

@@ -72,9 +72,19 @@ def dp_histogram(values: np.ndarray, scale: float, rng: np.random.Generator) -> 
     return [float(c) for c in counts + rng.laplace(0.0, scale, size=BINS)]
 
 
+def guarantee(text: str) -> tuple[float, float]:
+    """``EPS,DELTA`` as a valid (ε, δ) pair (an argparse type: a bad value is a usage error, exit 2)."""
+    try:
+        eps, delta = (float(x) for x in text.split(","))
+        EpsDelta(eps, delta)
+    except (ValueError, DpfSchedError) as exc:
+        raise argparse.ArgumentTypeError(f"expected EPS,DELTA with EPS >= 0 and 0 <= DELTA < 1, got {text!r}") from exc
+    return eps, delta
+
+
 def open_client(args: argparse.Namespace) -> Any:
     """The budget client: an HTTP client of the service, or an in-process scheduler with one fresh block."""
-    eps, delta = (float(x) for x in args.create_block.split(",")) if args.create_block else (10.0, 1e-6)
+    eps, delta = args.create_block or (10.0, 1e-6)
     if args.in_process:
         from dpf_sched.budget import AlphaGrid
         from dpf_sched.clock import ManualClock
@@ -157,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--in-process", action="store_true", help="use an in-process scheduler with one block")
     parser.add_argument("--token", help="a bearer token (dpf-sched tokens create); with --service")
     parser.add_argument("--block", default="day-0", help="the block the statistics read")
-    parser.add_argument("--create-block", metavar="EPS,DELTA", help="create the block if missing (admin token)")
+    parser.add_argument(
+        "--create-block", metavar="EPS,DELTA", type=guarantee, help="create the block if missing (admin token)"
+    )
     parser.add_argument("--policy", default="fcfs", help="the in-process scheduler's policy")
     parser.add_argument("--claim-id", default="dp-mean", help="the claim's id (unique per tenant)")
     parser.add_argument("--rows", type=int, default=5000, help="synthetic rows in the block")
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.service and not args.token:
         parser.error("--service needs --token")
+    if args.rows <= 0 or args.timeout < 0:
+        parser.error("--rows must be > 0 and --timeout >= 0")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     client = None
     try:
