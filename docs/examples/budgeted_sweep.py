@@ -26,7 +26,6 @@ import logging
 import sys
 from typing import Any
 
-import dp_accounting as dpa
 import numpy as np
 
 from dpf_sched.block import Block
@@ -35,6 +34,12 @@ from dpf_sched.claim import Claim
 from dpf_sched.errors import DpfSchedError, UnknownBlockError
 from dpf_sched.integrations.sweep import BudgetedSweep, TrialRefusedError
 from dpf_sched.ledger.base import ClaimState
+
+try:
+    import dp_accounting as dpa
+except ImportError:  # the optional extra: say how to get it instead of a traceback
+    print("error: this example needs dp-accounting: pip install 'dpf-sched[dp-accounting]'", file=sys.stderr)  # noqa: T201
+    sys.exit(2)
 
 FEATURES = 8
 CLIP = 1.0  # per-example gradient norm bound: the sensitivity of the gradient sum

@@ -27,7 +27,6 @@ import logging
 import sys
 from typing import Any
 
-import dp_accounting as dpa
 import numpy as np
 
 from dpf_sched.accounting_events import event_curve
@@ -37,6 +36,12 @@ from dpf_sched.claim import Claim
 from dpf_sched.errors import DpfSchedError, UnknownBlockError
 from dpf_sched.integrations.charge import charge_event
 from dpf_sched.ledger.base import ClaimState
+
+try:
+    import dp_accounting as dpa
+except ImportError:  # the optional extra: say how to get it instead of a traceback
+    print("error: this example needs dp-accounting: pip install 'dpf-sched[dp-accounting]'", file=sys.stderr)  # noqa: T201
+    sys.exit(2)
 
 BINS = 8  # histogram bins over [0, UPPER)
 UPPER = 100.0  # values are clipped to [0, UPPER]: the L2 (and L1) sensitivity of the sum
