@@ -70,7 +70,18 @@ def parse_params(items: Sequence[str], form: str = "KEY=VALUE") -> dict[str, str
     return out
 
 
+def _version() -> str:
+    """The installed distribution's version (the package may also run from a checkout that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpf_sched")
+    except PackageNotFoundError:
+        return "unknown (dpf_sched is not installed: pip install -e .)"
+
+
 @click.group(cls=_Group)
+@click.version_option(version=_version(), prog_name="dpf-sched", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """dpf_sched: schedule differential-privacy budget like a cluster scheduler schedules CPUs."""
@@ -214,8 +225,20 @@ _BACKEND = click.Choice(["joblib", "ray"])
 
 
 @main.command()
-@click.option("--workload", default="micro-single", show_default=True, help="Built-in workload name.")
-@click.option("--policies", "policy_list", default=",".join(DEFAULT_POLICIES), show_default=True)
+@click.option(
+    "--workload",
+    default="micro-single",
+    show_default=True,
+    help=f"Built-in workload (docs/workloads.md): {', '.join(sorted(WORKLOADS))}.",
+)
+@click.option(
+    "--policies",
+    "policy_list",
+    default=",".join(DEFAULT_POLICIES),
+    show_default=True,
+    help="Comma-separated policy names to compare, each a registered policy (`dpf-sched policies` lists them "
+    "with their parameters); a grid axis applies to the policies that take it.",
+)
 @click.option(
     "--param",
     "grid_items",
@@ -443,10 +466,13 @@ def policies(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, default=str))
         return
+    rows = [(k, str(p["default"])) for params in info.values() for k, p in params.items()]
+    key_w = max((len(k) for k, _ in rows), default=0)  # one width for the whole table, from its longest cells
+    default_w = max((len(d) for _, d in rows), default=0)
     for name, params in info.items():
         click.echo(name)
         for k, p in params.items():
-            click.echo(f"    {k:<10} default {p['default']!s:<14} {p['doc']}")
+            click.echo(f"    {k:<{key_w}}  default {p['default']!s:<{default_w}}  {p['doc']}".rstrip())
 
 
 # ----- the durable ledger -----------------------------------------------------------------------------------
