@@ -139,3 +139,17 @@ def test_every_plot_says_how_many_claims_were_submitted(tmp_path: Path) -> None:
     chart = plot_granted(granted_table(res), tmp_path / "g.png", "t", claims_note(res))  # as write_outputs does
     for c in (chart, delay_chart(res, "t")):
         assert expected in c.note and "mean over 2 seeds" in c.note
+
+
+def test_a_comparison_written_before_the_manifest_is_recognised(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    rc, output = _compare("--out", str(out), "--claims", "--no-plots")
+    assert rc == 0, output
+    (out / MANIFEST).unlink()  # as an earlier version of dpf-sched left it
+    rc, output = _compare("--out", str(out), "--no-plots")
+    assert rc == 0 and "replaced the earlier comparison" in output, output
+    assert not (out / "claims").exists() or not any((out / "claims").iterdir())
+    (out / MANIFEST).unlink()
+    (out / "mine.txt").write_text("x")  # anything else: not a comparison's directory
+    rc, output = _compare("--out", str(out), "--no-plots")
+    assert rc == 2 and "--force" in output

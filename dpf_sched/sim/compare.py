@@ -883,11 +883,37 @@ class EarlierComparison:
     files: tuple[str, ...]
 
 
+#: What a comparison writes: a directory holding nothing else is an earlier comparison even without a manifest
+#: (written before compare.json existed).
+_OUTPUT_NAMES = frozenset(
+    {"runs.csv", "runs.parquet", "granted.csv", "granted.parquet", "granted.png", "delay_cdf.png", MANIFEST}
+)
+
+
+def _legacy_comparison(out: Path) -> EarlierComparison | None:
+    """A directory that holds only files a comparison writes (and ``claims/claims_*``), without a manifest."""
+    files: list[str] = []
+    for entry in out.iterdir():
+        if entry.is_dir() and entry.name == "claims":
+            inner = list(entry.iterdir())
+            if not all(f.is_file() and f.name.startswith("claims_") for f in inner):
+                return None
+            files += [f"claims/{f.name}" for f in inner]
+        elif entry.is_file() and entry.name in _OUTPUT_NAMES:
+            files.append(entry.name)
+        else:
+            return None
+    return EarlierComparison("unknown workload", "before compare.json", tuple(sorted(files))) if files else None
+
+
 def earlier_comparison(out_dir: str | Path) -> EarlierComparison | None:
-    """The comparison recorded in ``out_dir``'s manifest, or ``None`` when there is no readable one."""
+    """The comparison recorded in ``out_dir``'s manifest (or an older one recognised by its files alone), or
+    ``None`` when the directory holds none."""
     path = Path(out_dir) / MANIFEST
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return _legacy_comparison(Path(out_dir)) if Path(out_dir).is_dir() else None
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("kind") != "dpf-sched compare" or not isinstance(doc.get("files"), list):
