@@ -625,8 +625,9 @@ class Chart:
     note: str = ""
 
 
-def claims_note(result: CompareResult) -> str:
-    """How many claims each run was submitted (every plot says it), and over how many seeds values are means."""
+def claims_note(result: CompareResult, seeds: str = "mean") -> str:
+    """How many claims each run was submitted (every plot says it), and how values combine several seeds
+    (``seeds``: "mean" for a table of means, "delays pooled" for a distribution)."""
     runs = result.runs
     if runs.empty:
         return "no runs"
@@ -634,7 +635,7 @@ def claims_note(result: CompareResult) -> str:
     lo, hi = int(totals.min()), int(totals.max())
     submitted = f"{lo} claims submitted per run" if lo == hi else f"{lo}–{hi} claims submitted per run"
     n_seeds = int(runs["seed"].nunique())
-    return submitted + (f"; mean over {n_seeds} seeds" if n_seeds > 1 else "")
+    return submitted + (f"; {seeds} over {n_seeds} seeds" if n_seeds > 1 else "")
 
 
 def _t_from_n(policies: Iterable[str]) -> list[str]:
@@ -806,7 +807,7 @@ def delay_chart(result: CompareResult, title: str) -> Chart:
         d = np.sort(np.concatenate([result.delays[i] for i in idx])) if idx.size else np.zeros(0)
         where = ", ".join(f"{k}={v}" for k, v in point.items())
         pooled.append((f"{policy} ({where})" if where else policy, d, max(int(idx.size), 1)))
-    note = claims_note(result)
+    note = claims_note(result, "delays pooled")
     granted_any = any(d.size for _, d, _ in pooled)
     if granted_any and all(not d.size or float(d.max()) == 0.0 for _, d, _ in pooled):
         ticks = tuple(label for label, _, _ in pooled)
@@ -861,7 +862,10 @@ def write_outputs(
     if not plots:
         return paths, ""
     try:
-        plot_granted(granted_table(result), out / "granted.png", f"{title}: granted claims", claims_note(result))
+        table = granted_table(result)
+        fixed = [f"{a}={v[0]}" for a, v in result.axes.items() if len(v) == 1 and a not in table.index.names]
+        note = ("at " + ", ".join(fixed) + "; " if fixed else "") + claims_note(result)  # axes the chart hides
+        plot_granted(table, out / "granted.png", f"{title}: granted claims", note)
         plot_delay_cdfs(result, out / "delay_cdf.png", f"{title}: scheduling delay")
     except ImportError:
         return paths, "matplotlib is not installed (pip install 'dpf-sched[plot]'); no plot written"
