@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from dpf_sched.sim.compare import (
     DEFAULT_POLICIES,
     CompareResult,
     best_points,
+    check_out_dir,
+    clear_earlier,
     granted_table,
-    prepare_out_dir,
     records,
     write_manifest,
     write_outputs,
@@ -306,23 +309,33 @@ def compare(
     if not no_plots:
         require_extra("plot", hint="or pass --no-plots")
     out = Path(out_dir if out_dir is not None else "results")
-    replaced = prepare_out_dir(out, replace=out_dir is not None, force=force)
-    result = run_compare(
-        workload,
-        _split(policy_list, "--policies"),
-        grid,
-        seed_list,
-        wp,
-        n_jobs=jobs,
-        backend=backend,
-        progress=not (as_json or no_progress),
-        claims_dir=out / "claims" if per_claim else None,
-        engine=engine,
-        fair_n=fair_n,
-    )
-    paths, plot_note = write_outputs(result, out, workload, plots=not no_plots)
-    if per_claim:
-        paths += sorted((out / "claims").glob("claims_*"))
+    earlier = check_out_dir(out, replace=out_dir is not None, force=force)
+    # Per-claim tables go to a scratch directory until the run has succeeded: a run that fails (bad input, ^C)
+    # leaves the earlier comparison in --out as it was.
+    scratch = Path(tempfile.mkdtemp(prefix="dpf-sched-claims-")) if per_claim else None
+    try:
+        result = run_compare(
+            workload,
+            _split(policy_list, "--policies"),
+            grid,
+            seed_list,
+            wp,
+            n_jobs=jobs,
+            backend=backend,
+            progress=not (as_json or no_progress),
+            claims_dir=scratch,
+            engine=engine,
+            fair_n=fair_n,
+        )
+        replaced = clear_earlier(out, earlier) if earlier is not None else ""
+        paths, plot_note = write_outputs(result, out, workload, plots=not no_plots)
+        if scratch is not None:
+            (out / "claims").mkdir(exist_ok=True)
+            for f in sorted(scratch.iterdir()):
+                paths.append(Path(shutil.move(f, out / "claims" / f.name)))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     write_manifest(result, out, paths, seed_list)
     if as_json:
         click.echo(json.dumps(records(result.runs)))

@@ -154,3 +154,13 @@ def test_a_comparison_written_before_the_manifest_is_recognised(tmp_path: Path) 
     (out / "mine.txt").write_text("x")  # anything else: not a comparison's directory
     rc, output = _compare("--out", str(out), "--no-plots")
     assert rc == 2 and "--force" in output
+
+
+def test_a_failed_run_leaves_the_earlier_comparison_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    rc, output = _compare("--out", str(out), "--claims", "--no-plots")
+    assert rc == 0, output
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = CliRunner().invoke(main, ["compare", "--policies", "fcfs,nope", "--out", str(out), "--claims", "--no-plots"])
+    assert res.exit_code == 2 and "unknown policy" in res.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -926,24 +926,24 @@ def earlier_comparison(out_dir: str | Path) -> EarlierComparison | None:
     return EarlierComparison(str(doc.get("workload", "?")), str(doc.get("created", "?")), files)
 
 
-def prepare_out_dir(out_dir: str | Path, *, replace: bool, force: bool = False) -> str:
-    """Check that a comparison may write to ``out_dir`` before anything runs, and clear the files of the earlier
-    comparison it replaces (so no stale plot or per-claim table of another run stays beside the new ones).
+def check_out_dir(out_dir: str | Path, *, replace: bool, force: bool = False) -> EarlierComparison | None:
+    """Check, before anything runs and without changing anything, that a comparison may write to ``out_dir``;
+    returns the earlier comparison it will replace (``None``: nothing to replace).
 
     ``out_dir`` may be missing or empty. One that holds an earlier comparison (its :data:`MANIFEST`) is replaced
     when ``replace`` (the user named it with ``--out``), else refused: the default directory is never
     overwritten behind the user's back. Any other non-empty directory is refused unless ``force``; then only the
-    files a comparison writes are overwritten. Returns a note saying what was replaced ("" when nothing was).
+    files a comparison writes are overwritten.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidParameterError(f"output directory {out} exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
-        return ""
+        return None
     earlier = earlier_comparison(out)
     if earlier is None:
         if force:
-            return ""
+            return None
         raise InvalidParameterError(
             f"output directory {out} is not empty and holds no earlier comparison ({MANIFEST}): "
             "choose a new or empty --out, or pass --force to overwrite the files a comparison writes there"
@@ -953,10 +953,18 @@ def prepare_out_dir(out_dir: str | Path, *, replace: bool, force: bool = False) 
             f"{out} holds an earlier comparison ({earlier.workload}, written {earlier.created}): "
             f"pass --out {out} to replace it, or --out NEW_DIR to keep it"
         )
+    return earlier
+
+
+def clear_earlier(out_dir: str | Path, earlier: EarlierComparison) -> str:
+    """Delete the files the earlier comparison in ``out_dir`` wrote (only those, and never outside ``out_dir``),
+    so that no stale plot or per-claim table stays beside the new ones. Call it once the new comparison has
+    run, just before writing its outputs. Returns the note saying what was replaced."""
+    out = Path(out_dir)
     root = out.resolve()
     for name in earlier.files:
         path = (out / name).resolve()
-        if path.parent != root and root not in path.parents:  # never delete outside the directory
+        if root not in path.parents:  # never delete outside the directory
             continue
         if path.is_file():
             path.unlink()
