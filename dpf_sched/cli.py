@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pandas as pd
 
 from dpf_sched.composition import Composition
 from dpf_sched.errors import DpfSchedError, InvalidParameterError
+from dpf_sched.extras import require_extra
 from dpf_sched.ledger.base import Ledger
 from dpf_sched.policies.registry import available, get_policy_class
 from dpf_sched.properties import Property, search_counterexamples
@@ -27,8 +30,11 @@ from dpf_sched.sim.compare import (
     DEFAULT_POLICIES,
     CompareResult,
     best_points,
+    check_out_dir,
+    clear_earlier,
     granted_table,
     records,
+    write_manifest,
     write_outputs,
 )
 from dpf_sched.sim.compare import compare as run_compare
@@ -67,7 +73,18 @@ def parse_params(items: Sequence[str], form: str = "KEY=VALUE") -> dict[str, str
     return out
 
 
+def _version() -> str:
+    """The installed distribution's version (the package may also run from a checkout that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpf_sched")
+    except PackageNotFoundError:
+        return "unknown (dpf_sched is not installed: pip install -e .)"
+
+
 @click.group(cls=_Group)
+@click.version_option(version=_version(), prog_name="dpf-sched", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """dpf_sched: schedule differential-privacy budget like a cluster scheduler schedules CPUs."""
@@ -211,8 +228,20 @@ _BACKEND = click.Choice(["joblib", "ray"])
 
 
 @main.command()
-@click.option("--workload", default="micro-single", show_default=True, help="Built-in workload name.")
-@click.option("--policies", "policy_list", default=",".join(DEFAULT_POLICIES), show_default=True)
+@click.option(
+    "--workload",
+    default="micro-single",
+    show_default=True,
+    help=f"Built-in workload (docs/workloads.md): {', '.join(sorted(WORKLOADS))}.",
+)
+@click.option(
+    "--policies",
+    "policy_list",
+    default=",".join(DEFAULT_POLICIES),
+    show_default=True,
+    help="Comma-separated policy names to compare, each a registered policy (`dpf-sched policies` lists them "
+    "with their parameters); a grid axis applies to the policies that take it.",
+)
 @click.option(
     "--param",
     "grid_items",
@@ -224,7 +253,16 @@ _BACKEND = click.Choice(["joblib", "ray"])
 @click.option("--n", "n_grid", default=None, help="The N grid (same as --param N=...).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--wparam", "wparams", multiple=True, metavar="KEY=VALUE", help="Fixed workload parameter; repeatable.")
-@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory for the tables and plots: new, empty, or an earlier comparison's (replaced). Default: results, "
+    "which is never replaced without --out results.",
+)
+@click.option("--force", is_flag=True, help="Write into a non-empty --out that holds no earlier comparison.")
+@click.option("--no-plots", is_flag=True, help="Write the tables only (no matplotlib needed).")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes (-1: all cores).")
 @click.option("--backend", default="joblib", show_default=True, type=_BACKEND, help="Local processes or Ray.")
 @click.option("--claims", "per_claim", is_flag=True, help="Also write each run's per-claim table to --out/claims.")
@@ -252,7 +290,9 @@ def compare(
     n_grid: str | None,
     seeds: str,
     wparams: tuple[str, ...],
-    out_dir: str,
+    out_dir: str | None,
+    force: bool,
+    no_plots: bool,
     jobs: int,
     backend: str,
     per_claim: bool,
@@ -262,25 +302,41 @@ def compare(
     as_json: bool,
 ) -> None:
     """Compare policies on a built-in workload over a parameter grid: a table on screen; the runs table, the
-    granted table and plots (granted vs N/T, delay CDFs) in --out."""
+    granted table and plots (granted vs N/T, delay CDFs) in --out, listed in --out/compare.json."""
     grid = _grid(grid_items, n_grid)
     seed_list = _seeds(seeds)
     wp = {k: _coerce(v) for k, v in parse_params(wparams).items()}
-    out = Path(out_dir)
-    result = run_compare(
-        workload,
-        _split(policy_list, "--policies"),
-        grid,
-        seed_list,
-        wp,
-        n_jobs=jobs,
-        backend=backend,
-        progress=not (as_json or no_progress),
-        claims_dir=out / "claims" if per_claim else None,
-        engine=engine,
-        fair_n=fair_n,
-    )
-    paths, plot_note = write_outputs(result, out, workload)
+    if not no_plots:
+        require_extra("plot", hint="or pass --no-plots")
+    out = Path(out_dir if out_dir is not None else "results")
+    earlier = check_out_dir(out, replace=out_dir is not None, force=force)
+    # Per-claim tables go to a scratch directory until the run has succeeded: a run that fails (bad input, ^C)
+    # leaves the earlier comparison in --out as it was.
+    scratch = Path(tempfile.mkdtemp(prefix="dpf-sched-claims-")) if per_claim else None
+    try:
+        result = run_compare(
+            workload,
+            _split(policy_list, "--policies"),
+            grid,
+            seed_list,
+            wp,
+            n_jobs=jobs,
+            backend=backend,
+            progress=not (as_json or no_progress),
+            claims_dir=scratch,
+            engine=engine,
+            fair_n=fair_n,
+        )
+        replaced = clear_earlier(out, earlier) if earlier is not None else ""
+        paths, plot_note = write_outputs(result, out, workload, plots=not no_plots)
+        if scratch is not None:
+            (out / "claims").mkdir(exist_ok=True)
+            for f in sorted(scratch.iterdir()):
+                paths.append(Path(shutil.move(f, out / "claims" / f.name)))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    write_manifest(result, out, paths, seed_list)
     if as_json:
         click.echo(json.dumps(records(result.runs)))
         return
@@ -289,6 +345,8 @@ def compare(
     click.echo("\nat each policy's best grid point:")
     click.echo(_best_summary(result))
     click.echo("\nwrote " + ", ".join(str(p) for p in paths))
+    if replaced:
+        click.echo(replaced)
     if plot_note:
         click.echo(plot_note)
 
@@ -300,6 +358,7 @@ def compare(
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes (-1: all cores).")
 @click.option("--backend", default="joblib", show_default=True, type=_BACKEND, help="Local processes or Ray.")
 @click.option("--check", "strict", is_flag=True, help="Exit with status 1 when a check of the figure fails.")
+@click.option("--no-plots", is_flag=True, help="With --out: write the tables only (no matplotlib needed).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs instead of the report.")
 def reproduce(
@@ -309,11 +368,14 @@ def reproduce(
     jobs: int,
     backend: str,
     strict: bool,
+    no_plots: bool,
     no_progress: bool,
     as_json: bool,
 ) -> None:
     """Run one of the OSDI'21 figures (FIGURE: fig6a, fig7, fig8, fig9, fig10, fig16, or a TOML file from
     simulations/reproduce/) and print our numbers beside the paper's, with the figure's checks."""
+    if out_dir is not None and not no_plots:
+        require_extra("plot", hint="or pass --no-plots")
     rep = run_reproduction(
         figure,
         _seeds(seeds) if seeds is not None else None,
@@ -324,7 +386,7 @@ def reproduce(
     note = ""
     written: list[Path] = []
     if out_dir is not None:
-        written, note = write_reproduction(rep, out_dir)
+        written, note = write_reproduction(rep, out_dir, plots=not no_plots)
     if as_json:
         click.echo(json.dumps(records(runs_frame(rep))))
     else:
@@ -417,10 +479,13 @@ def policies(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, default=str))
         return
+    rows = [(k, str(p["default"])) for params in info.values() for k, p in params.items()]
+    key_w = max((len(k) for k, _ in rows), default=0)  # one width for the whole table, from its longest cells
+    default_w = max((len(d) for _, d in rows), default=0)
     for name, params in info.items():
         click.echo(name)
         for k, p in params.items():
-            click.echo(f"    {k:<10} default {p['default']!s:<14} {p['doc']}")
+            click.echo(f"    {k:<{key_w}}  default {p['default']!s:<{default_w}}  {p['doc']}".rstrip())
 
 
 # ----- the durable ledger -----------------------------------------------------------------------------------
@@ -600,6 +665,7 @@ def serve(
 ) -> None:
     """Serve the scheduler over HTTP (docs/service.md): the API on every process sharing the ledger, the
     scheduling loop on the one that holds the grant lease. Logs are JSON lines on stderr."""
+    require_extra("service")
     import uvicorn
 
     from dpf_sched.service import ServiceConfig, create_app
@@ -625,6 +691,8 @@ def tokens() -> None:
 
 def _tables(url: str, composition: Composition | None = None) -> Any:
     from dpf_sched.ledger.sql import open_store
+
+    require_extra("service")
     from dpf_sched.service import ServiceTables, open_service_ledger
 
     open_service_ledger(url, composition).close()  # the ledger must exist (created when the database is empty)
@@ -642,6 +710,7 @@ def tokens_create(
     url: str, tenant: str, is_admin: bool, kind: str | None, alphas: str | None, conversion: str
 ) -> None:
     """Create a token and print it (the only time it is shown; only its hash is stored)."""
+    require_extra("service")
     from dpf_sched.service.tables import Role, check_tenant
 
     check_tenant(tenant)

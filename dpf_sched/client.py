@@ -37,7 +37,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 
 from dpf_sched.block import Block
@@ -55,8 +54,12 @@ from dpf_sched.errors import (
     UnknownBlockError,
     UnknownClaimError,
 )
+from dpf_sched.extras import requires_extra
 from dpf_sched.ledger.base import BlockBudgets, ClaimRecord, ClaimState
 from dpf_sched.selector import BlockSelector
+
+with requires_extra("service"):  # without httpx: MissingExtraError with the pip command, not a traceback
+    import httpx
 
 __all__ = ["LedgerInfo", "ServiceAudit", "ServiceClient"]
 

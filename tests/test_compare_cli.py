@@ -252,7 +252,7 @@ def test_plots_with_a_categorical_axis(tmp_path) -> None:
         {"N": [5], "unlocking": ["timed", "arrival"]},
         workload_params={"claims": 20, "offline": False},
     )
-    paths, _ = compare_mod.write_outputs(res, tmp_path, "packing-mix")
+    compare_mod.write_outputs(res, tmp_path, "packing-mix")
     assert (tmp_path / "granted.png").stat().st_size > 0
     assert set(res.runs[res.runs["policy"] == "dpack"]["unlocking"]) == {"timed", "arrival"}
     assert res.runs[res.runs["policy"] == "dpf-n"]["unlocking"].isna().all()

@@ -6,7 +6,10 @@ Needs the ``service`` extra (FastAPI, uvicorn). `dpf-sched serve` runs :func:`cr
 
 from __future__ import annotations
 
-from dpf_sched.service.app import ServiceConfig, create_app, open_service_ledger
-from dpf_sched.service.tables import Principal, Role, ServiceTables, TokenInfo
+from dpf_sched.extras import requires_extra
+
+with requires_extra("service"):  # without FastAPI: MissingExtraError with the pip command, not a traceback
+    from dpf_sched.service.app import ServiceConfig, create_app, open_service_ledger
+    from dpf_sched.service.tables import Principal, Role, ServiceTables, TokenInfo
 
 __all__ = ["Principal", "Role", "ServiceConfig", "ServiceTables", "TokenInfo", "create_app", "open_service_ledger"]

@@ -26,7 +26,6 @@ granted claims, for the delay CDFs.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import itertools
 import json
@@ -46,7 +45,8 @@ from pandas.api.extensions import ExtensionDtype
 
 from dpf_sched.block import Block
 from dpf_sched.claim import Claim
-from dpf_sched.errors import InvalidParameterError
+from dpf_sched.errors import DpfSchedError, InvalidParameterError
+from dpf_sched.extras import import_extra
 from dpf_sched.policies.registry import create_policy, get_policy_class
 from dpf_sched.sim.engine import supports
 from dpf_sched.sim.metrics import claims_frame, delays, run_summary, write_frame
@@ -361,12 +361,7 @@ def _run_joblib(tasks: Sequence[_Task], n_jobs: int) -> Iterator[list[RunOutput]
 
 
 def _import_ray() -> Any:
-    try:
-        return importlib.import_module("ray")
-    except ImportError:
-        raise InvalidParameterError(
-            "the ray backend needs Ray, which is not installed: pip install 'dpf_sched[ray]' (or use --backend joblib)"
-        ) from None
+    return import_extra("ray", "ray", hint="or use --backend joblib")
 
 
 def _run_ray(tasks: Sequence[_Task]) -> Iterator[list[RunOutput]]:
@@ -587,44 +582,193 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_granted(table: pd.DataFrame, path: str | Path, title: str) -> None:
-    """Granted claims versus the x axis (N, else T, else the longest axis), one line per policy and per value
-    of the other axes (needs the ``plot`` extra)."""
-    plt = _pyplot()
+#: (marker, line style) per series, in order: lines that coincide (DPack under DPF-Pack) stay distinguishable.
+STYLES: tuple[tuple[str, str], ...] = (
+    ("o", "-"),
+    ("s", "--"),
+    ("^", ":"),
+    ("D", "-."),
+    ("v", "-"),
+    ("x", "--"),
+    ("P", ":"),
+    ("*", "-."),
+)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One drawn series: a line (``x`` positions, ``y`` values) or one colour of bars."""
+
+    label: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    marker: str = ""
+    linestyle: str = "-"
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What a plot shows, decided from the data before anything is drawn (tests check this, not pixels).
+
+    ``kind`` is ``"lines"`` (a sweep), ``"bars"`` (one bar per policy: a one-point sweep, or delays that are all
+    zero) or ``"cdf"`` (delay distributions). ``ticks`` label categorical x positions 0, 1, …; ``note`` is the
+    line under the title (how many claims were submitted).
+    """
+
+    kind: str
+    title: str
+    xlabel: str
+    ylabel: str
+    series: tuple[Series, ...]
+    ticks: tuple[str, ...] = ()
+    log_x: bool = False
+    note: str = ""
+
+
+def claims_note(result: CompareResult, seeds: str = "mean") -> str:
+    """How many claims each run was submitted (every plot says it), and how values combine several seeds
+    (``seeds``: "mean" for a table of means, "delays pooled" for a distribution)."""
+    runs = result.runs
+    if runs.empty:
+        return "no runs"
+    totals = (runs["granted"] + runs["rejected"] + runs["waiting"]).astype(int)
+    lo, hi = int(totals.min()), int(totals.max())
+    submitted = f"{lo} claims submitted per run" if lo == hi else f"{lo}–{hi} claims submitted per run"
+    n_seeds = int(runs["seed"].nunique())
+    return submitted + (f"; {seeds} over {n_seeds} seeds" if n_seeds > 1 else "")
+
+
+def _t_from_n(policies: Iterable[str]) -> list[str]:
+    """The policies that take ``T`` but not ``N``: on an N axis they run at ``T = N × mean inter-arrival``."""
+    out = []
+    for name in policies:
+        try:
+            params = get_policy_class(str(name)).params
+        except DpfSchedError:
+            continue
+        if "T" in params and "N" not in params:
+            out.append(str(name))
+    return out
+
+
+def granted_chart(table: pd.DataFrame, title: str, note: str = "") -> Chart:
+    """The chart of a granted table (:func:`granted_table`): granted claims versus the x axis (N, else T, else
+    the longest axis), one line per policy and per value of the other axes, each with its own marker and line
+    style. A sweep with a single x value is drawn as bars by policy instead (a line needs two points)."""
     x = _x_axis(table)
     flat = table.reset_index()
     others = [str(n) for n in table.index.names if n != x]
+    policies = [str(c) for c in table.columns]
+    groups = list(flat.groupby(others, sort=False)) if others else [((), flat)]
+
+    def suffix(key: Any) -> str:
+        if not others:
+            return ""
+        vals = key if isinstance(key, tuple) else (key,)
+        return ", ".join(f"{o}={v}" for o, v in zip(others, vals, strict=True))
+
+    if flat[x].nunique() <= 1:  # one point: bars by policy, one colour per value of the other axes
+        where = f"{x}={flat[x].iloc[0]}" if len(flat) else ""
+        bars = []
+        for i, (key, grp) in enumerate(groups):
+            label = ", ".join(p for p in (where, suffix(key)) if p)
+            row = grp.iloc[0]
+            y = tuple(float(row[p]) for p in policies)
+            bars.append(Series(label, tuple(float(j) for j in range(len(policies))), y, "", STYLES[i % len(STYLES)][1]))
+        if len(bars) == 1:  # one colour: its label goes on the axis, no legend
+            xlabel = f"policy ({bars[0].label})" if bars[0].label else "policy"
+            bars = [Series("", bars[0].x, bars[0].y)]
+        else:
+            xlabel = "policy"
+        return Chart("bars", title, xlabel, "granted claims", tuple(bars), tuple(policies), note=note)
+
     categories = None if _is_numeric(flat[x]) else list(dict.fromkeys(flat[x].tolist()))
 
-    def position(col: pd.Series) -> FloatArray:
+    def position(col: pd.Series) -> tuple[float, ...]:
         if categories is None:
-            return col.to_numpy(dtype=float)
-        return np.asarray([categories.index(v) for v in col.tolist()], dtype=np.float64)
+            return tuple(float(v) for v in col.to_numpy(dtype=float))
+        return tuple(float(categories.index(v)) for v in col.tolist())
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    groups = list(flat.groupby(others, sort=False)) if others else [((), flat)]
+    lines: list[Series] = []
     for key, grp in groups:
-        suffix = ""
-        if others:
-            vals = key if isinstance(key, tuple) else (key,)
-            suffix = " (" + ", ".join(f"{o}={v}" for o, v in zip(others, vals, strict=True)) + ")"
-        for policy in table.columns:
-            ax.plot(position(grp[x]), grp[policy].to_numpy(dtype=float), marker="o", label=policy + suffix)
-    label = {"N": "N (DPF-T/RR-T: T = N × mean inter-arrival)", "T": "T"}.get(x, x)
-    if categories is not None:  # a categorical axis (unlocking=timed,arrival): one tick per value
-        ax.set_xticks(range(len(categories)), [str(c) for c in categories])
-    else:
+        extra = suffix(key)
+        for policy in policies:
+            marker, style = STYLES[len(lines) % len(STYLES)]
+            label = f"{policy} ({extra})" if extra else policy
+            lines.append(Series(label, position(grp[x]), tuple(grp[policy].to_numpy(dtype=float)), marker, style))
+    for i, ser in enumerate(lines):  # a line hidden under an identical one says so in the legend
+        same = [o.label for o in lines[:i] if o.x == ser.x and o.y == ser.y]
+        if same:
+            lines[i] = Series(f"{ser.label} (= {same[0]})", ser.x, ser.y, ser.marker, ser.linestyle)
+    xlabel = x
+    if x == "N":
+        derived = _t_from_n(policies)
+        if derived:
+            xlabel = f"N ({', '.join(derived)}: T = N × mean inter-arrival)"
+    log_x = False
+    if categories is None:
         xs = flat[x].to_numpy(dtype=float)
-        if xs.size and xs.min() > 0 and xs.max() / xs.min() > 1000:  # Fig. 8's 1 … 10,000: log shows both ends
-            ax.set_xscale("log")
-    ax.set_xlabel(label)
-    ax.set_ylabel("granted claims")
-    ax.set_title(title)
+        log_x = bool(xs.size and xs.min() > 0 and xs.max() / xs.min() > 1000)  # Fig. 8's 1 … 10,000
+    ticks = tuple(str(c) for c in categories) if categories is not None else ()
+    return Chart("lines", title, xlabel, "granted claims", tuple(lines), ticks, log_x, note)
+
+
+def draw(chart: Chart, path: str | Path) -> None:
+    """Draw a :class:`Chart` to a PNG file (needs the ``plot`` extra)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.set_axisbelow(True)
+    if chart.kind == "bars":
+        n = max(len(chart.series), 1)
+        width = 0.8 / n
+        for i, ser in enumerate(chart.series):
+            xs = np.asarray(ser.x) + (i - (n - 1) / 2) * width
+            bars = ax.bar(xs, ser.y, width=width, label=ser.label or None)
+            ax.bar_label(bars, fmt="%.4g", fontsize="small")
+        ax.margins(y=0.12)
+    else:
+        n = len(chart.series)
+        for i, ser in enumerate(chart.series):
+            # earlier series drawn wider, with bigger markers, so that a later one on top leaves them visible
+            width, size = 1.2 + 1.4 * (n - 1 - i) / max(n - 1, 1), 5.0 + 4.0 * (n - 1 - i) / max(n - 1, 1)
+            if not ser.x:
+                ax.plot([], [], label=ser.label)
+            elif chart.kind == "cdf":
+                ax.step(ser.x, ser.y, where="post", label=ser.label, linestyle=ser.linestyle, linewidth=width)
+            else:
+                ax.plot(
+                    ser.x,
+                    ser.y,
+                    marker=ser.marker,
+                    markersize=size,
+                    linestyle=ser.linestyle,
+                    linewidth=width,
+                    fillstyle="none",
+                    label=ser.label,
+                )
+    if chart.ticks:
+        ax.set_xticks(range(len(chart.ticks)), list(chart.ticks))
+    if chart.log_x:
+        ax.set_xscale("log")
+    if chart.kind == "cdf":
+        ax.set_xlim(left=0.0)
+        ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(chart.xlabel)
+    ax.set_ylabel(chart.ylabel)
+    ax.set_title(chart.title + (f"\n{chart.note}" if chart.note else ""), fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if any(ser.label for ser in chart.series):
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_granted(table: pd.DataFrame, path: str | Path, title: str, note: str = "") -> Chart:
+    """Draw :func:`granted_chart` of ``table`` to ``path`` (needs the ``plot`` extra); returns the chart."""
+    chart = granted_chart(table, title, note)
+    draw(chart, path)
+    return chart
 
 
 def best_points(result: CompareResult) -> dict[str, dict[str, Any]]:
@@ -646,12 +790,15 @@ def best_points(result: CompareResult) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plot_delay_cdfs(result: CompareResult, path: str | Path, title: str) -> None:
-    """Empirical CDF of the scheduling delay of granted claims, one line per policy, at the grid point where
-    that policy granted the most (delays pooled over seeds)."""
-    plt = _pyplot()
+def delay_chart(result: CompareResult, title: str) -> Chart:
+    """The empirical CDF of the scheduling delay of granted claims, one line per policy, at the grid point where
+    that policy granted the most (delays pooled over seeds).
+
+    When every granted claim of every policy was granted on arrival, a CDF would be one vertical line at 0 on a
+    meaningless axis; the chart is then bars of the granted claims per policy (mean over seeds), with a note.
+    """
     runs = result.runs
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    pooled: list[tuple[str, FloatArray, int]] = []
     for policy, point in best_points(result).items():
         mask = (runs["policy"] == policy).to_numpy()
         for axis, value in point.items():
@@ -659,24 +806,51 @@ def plot_delay_cdfs(result: CompareResult, path: str | Path, title: str) -> None
         idx = np.flatnonzero(mask)
         d = np.sort(np.concatenate([result.delays[i] for i in idx])) if idx.size else np.zeros(0)
         where = ", ".join(f"{k}={v}" for k, v in point.items())
-        label = f"{policy} ({where})" if where else policy
+        pooled.append((f"{policy} ({where})" if where else policy, d, max(int(idx.size), 1)))
+    note = claims_note(result, "delays pooled")
+    granted_any = any(d.size for _, d, _ in pooled)
+    if granted_any and all(not d.size or float(d.max()) == 0.0 for _, d, _ in pooled):
+        ticks = tuple(label for label, _, _ in pooled)
+        counts = tuple(d.size / runs_at for _, d, runs_at in pooled)
+        bars = Series("", tuple(float(i) for i in range(len(pooled))), counts)
+        return Chart(
+            "bars",
+            title,
+            "policy (at its best grid point)",
+            "granted claims, all with delay 0",
+            (bars,),
+            ticks,
+            note=note + "\nevery granted claim was granted on arrival: no delay distribution to plot",
+        )
+    series = []
+    end = max((float(d.max()) for _, d, _ in pooled if d.size), default=0.0)
+    for i, (label, d, _) in enumerate(pooled):
+        style = STYLES[i % len(STYLES)][1]
         if d.size == 0:
-            ax.plot([], [], label=f"{label}: nothing granted")
+            series.append(Series(f"{label}: nothing granted", (), (), "", style))
             continue
         y = np.arange(1, d.size + 1) / d.size
-        ax.step(np.r_[0.0, d], np.r_[0.0, y], where="post", label=label)
-    ax.set_xlabel("scheduling delay of granted claims (s)")
-    ax.set_ylabel("fraction of granted claims")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        zero = " (all delay 0)" if float(d.max()) == 0.0 else ""
+        # every CDF runs on to the longest delay shown, so one that reaches 1 at 0 is a visible line along the top
+        xs, ys = np.r_[0.0, d, end], np.r_[0.0, y, 1.0]
+        series.append(Series(label + zero, tuple(xs.tolist()), tuple(ys.tolist()), "", style))
+    return Chart(
+        "cdf", title, "scheduling delay of granted claims (s)", "fraction of granted claims", tuple(series), note=note
+    )
 
 
-def write_outputs(result: CompareResult, out_dir: str | Path, title: str | None = None) -> tuple[list[Path], str]:
-    """Write ``runs`` and ``granted`` tables (CSV, plus parquet with pyarrow) and the two plots to ``out_dir``.
+def plot_delay_cdfs(result: CompareResult, path: str | Path, title: str) -> Chart:
+    """Draw :func:`delay_chart` to ``path`` (needs the ``plot`` extra); returns the chart."""
+    chart = delay_chart(result, title)
+    draw(chart, path)
+    return chart
+
+
+def write_outputs(
+    result: CompareResult, out_dir: str | Path, title: str | None = None, plots: bool = True
+) -> tuple[list[Path], str]:
+    """Write ``runs`` and ``granted`` tables (CSV, plus parquet with pyarrow) and, unless ``plots`` is false, the
+    two plots to ``out_dir``.
 
     Returns the paths written and a note (non-empty when matplotlib is missing and no plot was written).
     """
@@ -685,12 +859,134 @@ def write_outputs(result: CompareResult, out_dir: str | Path, title: str | None 
     title = title or result.workload
     paths = write_frame(result.runs, out / "runs")
     paths += write_frame(granted_table(result), out / "granted", index=True)
+    if not plots:
+        return paths, ""
     try:
-        plot_granted(granted_table(result), out / "granted.png", f"{title}: granted claims")
+        table = granted_table(result)
+        fixed = [f"{a}={v[0]}" for a, v in result.axes.items() if len(v) == 1 and a not in table.index.names]
+        note = ("at " + ", ".join(fixed) + "; " if fixed else "") + claims_note(result)  # axes the chart hides
+        plot_granted(table, out / "granted.png", f"{title}: granted claims", note)
         plot_delay_cdfs(result, out / "delay_cdf.png", f"{title}: scheduling delay")
     except ImportError:
-        return paths, "matplotlib is not installed (pip install 'dpf_sched[plot]'); no plot written"
+        return paths, "matplotlib is not installed (pip install 'dpf-sched[plot]'); no plot written"
     return [*paths, out / "granted.png", out / "delay_cdf.png"], ""
+
+
+# ----- the output directory ---------------------------------------------------------------------------------
+
+#: The file in which a comparison lists what it wrote (and what it was), so that a re-run can replace it.
+MANIFEST = "compare.json"
+
+
+@dataclass(frozen=True)
+class EarlierComparison:
+    """What an output directory's :data:`MANIFEST` says about the comparison that wrote it."""
+
+    workload: str
+    created: str
+    files: tuple[str, ...]
+
+
+#: What a comparison writes: a directory holding nothing else is an earlier comparison even without a manifest
+#: (written before compare.json existed).
+_OUTPUT_NAMES = frozenset(
+    {"runs.csv", "runs.parquet", "granted.csv", "granted.parquet", "granted.png", "delay_cdf.png", MANIFEST}
+)
+
+
+def _legacy_comparison(out: Path) -> EarlierComparison | None:
+    """A directory that holds only files a comparison writes (and ``claims/claims_*``), without a manifest."""
+    files: list[str] = []
+    for entry in out.iterdir():
+        if entry.is_dir() and entry.name == "claims":
+            inner = list(entry.iterdir())
+            if not all(f.is_file() and f.name.startswith("claims_") for f in inner):
+                return None
+            files += [f"claims/{f.name}" for f in inner]
+        elif entry.is_file() and entry.name in _OUTPUT_NAMES:
+            files.append(entry.name)
+        else:
+            return None
+    return EarlierComparison("unknown workload", "before compare.json", tuple(sorted(files))) if files else None
+
+
+def earlier_comparison(out_dir: str | Path) -> EarlierComparison | None:
+    """The comparison recorded in ``out_dir``'s manifest (or an older one recognised by its files alone), or
+    ``None`` when the directory holds none."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return _legacy_comparison(Path(out_dir)) if Path(out_dir).is_dir() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != "dpf-sched compare" or not isinstance(doc.get("files"), list):
+        return None
+    files = tuple(f for f in doc["files"] if isinstance(f, str))
+    return EarlierComparison(str(doc.get("workload", "?")), str(doc.get("created", "?")), files)
+
+
+def check_out_dir(out_dir: str | Path, *, replace: bool, force: bool = False) -> EarlierComparison | None:
+    """Check, before anything runs and without changing anything, that a comparison may write to ``out_dir``;
+    returns the earlier comparison it will replace (``None``: nothing to replace).
+
+    ``out_dir`` may be missing or empty. One that holds an earlier comparison (its :data:`MANIFEST`) is replaced
+    when ``replace`` (the user named it with ``--out``), else refused: the default directory is never
+    overwritten behind the user's back. Any other non-empty directory is refused unless ``force``; then only the
+    files a comparison writes are overwritten.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"output directory {out} exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    earlier = earlier_comparison(out)
+    if earlier is None:
+        if force:
+            return None
+        raise InvalidParameterError(
+            f"output directory {out} is not empty and holds no earlier comparison ({MANIFEST}): "
+            "choose a new or empty --out, or pass --force to overwrite the files a comparison writes there"
+        )
+    if not replace:
+        raise InvalidParameterError(
+            f"{out} holds an earlier comparison ({earlier.workload}, written {earlier.created}): "
+            f"pass --out {out} to replace it, or --out NEW_DIR to keep it"
+        )
+    return earlier
+
+
+def clear_earlier(out_dir: str | Path, earlier: EarlierComparison) -> str:
+    """Delete the files the earlier comparison in ``out_dir`` wrote (only those, and never outside ``out_dir``),
+    so that no stale plot or per-claim table stays beside the new ones. Call it once the new comparison has
+    run, just before writing its outputs. Returns the note saying what was replaced."""
+    out = Path(out_dir)
+    root = out.resolve()
+    for name in earlier.files:
+        path = (out / name).resolve()
+        if root not in path.parents:  # never delete outside the directory
+            continue
+        if path.is_file():
+            path.unlink()
+    return f"replaced the earlier comparison in {out} ({earlier.workload}, written {earlier.created})"
+
+
+def write_manifest(result: CompareResult, out_dir: str | Path, files: Iterable[Path], seeds: Sequence[int]) -> Path:
+    """Record in ``out_dir/compare.json`` what this comparison was and which files it wrote."""
+    out = Path(out_dir)
+    names = sorted({str(Path(f).resolve().relative_to(out.resolve())) for f in files})
+    doc = {
+        "kind": "dpf-sched compare",
+        "workload": result.workload,
+        "policies": list(result.policies),
+        "axes": {k: list(v) for k, v in result.axes.items()},
+        "seeds": list(seeds),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": names,
+    }
+    path = out / MANIFEST
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
 
 
 def records(runs: pd.DataFrame) -> list[dict[str, Any]]:

@@ -337,14 +337,14 @@ def runs_frame(rep: Reproduction) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_reproduction(rep: Reproduction, out_dir: str | Path) -> tuple[list[Path], str]:
-    """Write each experiment's tables and plots to ``out_dir/<experiment>/`` and the comparison and checks to
-    ``out_dir``; returns the paths and a note (non-empty when no plot could be written)."""
+def write_reproduction(rep: Reproduction, out_dir: str | Path, plots: bool = True) -> tuple[list[Path], str]:
+    """Write each experiment's tables and (unless ``plots`` is false) plots to ``out_dir/<experiment>/`` and the
+    comparison and checks to ``out_dir``; returns the paths and a note (non-empty when no plot could be written)."""
     out = Path(out_dir)
     paths: list[Path] = []
     note = ""
     for name, res in rep.results.items():
-        written, n = write_outputs(res, out / name, f"{rep.config.figure} {name}")
+        written, n = write_outputs(res, out / name, f"{rep.config.figure} {name}", plots=plots)
         paths += written
         note = note or n
     paths += write_frame(rep.comparison, out / "paper_vs_ours")

@@ -375,10 +375,12 @@ def read_trace(source: str | Path | IO[str] | Iterable[str]) -> Trace:
 
 
 def _parse_json(text: str, n: int) -> dict[str, Any]:
+    line = text.rstrip("\r\n")  # with its newline, an error at the end of the line would read "column 1"
     try:
-        obj = json.loads(text)
+        obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise TraceFormatError(f"not valid JSON ({e.msg} at column {e.colno})", n) from None
+        end = ", the end of the line" if e.pos >= len(line) else ""
+        raise TraceFormatError(f"not valid JSON ({e.msg} at column {e.pos + 1}{end})", n) from None
     if not isinstance(obj, dict):
         raise TraceFormatError(f"each line must be a JSON object, got {type(obj).__name__}", n)
     return obj

@@ -44,6 +44,7 @@ One module per concept; import from this package, which re-exports the public AP
   :class:`BudgetedTraining`.
 """
 
+from dpf_sched.integrations.opacus import _extra as _extra  # first: checks torch and opacus are there
 from dpf_sched.integrations.opacus.client import BudgetClient, SchedulerClient, claim_and_wait
 from dpf_sched.integrations.opacus.data import GrantedDataset, Rows
 from dpf_sched.integrations.opacus.engine import BudgetedPrivacyEngine, BudgetedTraining
