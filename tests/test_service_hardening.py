@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -92,3 +93,68 @@ def test_concurrent_identical_creates_all_get_the_claim(served: tuple[Server, st
         for cl in clients:
             cl.close()
     assert statuses.count(201) == rounds
+
+
+# ----- finding 3: free-form JSON is bounded ------------------------------------------------------------------
+def nested(depth: int) -> str:
+    """A JSON object ``{"a": [[...]]}`` whose nesting (the object included) is ``depth`` levels."""
+    return '{"a":' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def post_text(c: httpx.Client, path: str, text: str, token: str) -> httpx.Response:
+    # surrogatepass: a JSON escape such as \\ud800 is sent as the client wrote it.
+    return c.post(path, content=text.encode("utf-8", "surrogatepass"),
+                  headers=auth(token) | {"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("depth", [33, 256, 950, 3000])
+def test_deep_free_form_json_is_422_and_listings_stay_200(served: tuple[Server, str, str], depth: int) -> None:
+    server, admin, alice = served
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        bid = make_block(c, admin)
+        deep = nested(depth)
+        attempts = [
+            ("/v1/claims", f'{{"demand":{{"epsilon":0.1}},"selector":{{"attributes":{deep}}}}}', alice),
+            ("/v1/blocks/select", f'{{"selector":{{"attributes":{deep}}}}}', alice),
+            ("/v1/blocks", f'{{"id":"{new_id("d")}","budget":{{"epsilon":1}},"attributes":{deep}}}', admin),
+        ]
+        for path, text, token in attempts:
+            r = post_text(c, path, text, token)
+            assert r.status_code == 422, (path, depth, r.text)
+            assert r.json()["error"] == "invalid" and "nest" in r.json()["detail"], r.text
+        assert c.get("/v1/blocks", headers=auth(admin)).status_code == 200
+        assert c.get(f"/v1/blocks/{bid}", headers=auth(admin)).status_code == 200
+        assert c.get("/v1/claims", headers=auth(alice)).status_code == 200
+
+
+def test_free_form_json_limits_and_what_fits(served: tuple[Server, str, str]) -> None:
+    """32 levels fit; non-finite numbers, lone surrogates and fields over 64 KiB are 422; nothing is committed."""
+    server, admin, alice = served
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        ok = new_id("ok")
+        r = post_text(c, "/v1/blocks", f'{{"id":"{ok}","budget":{{"epsilon":1}},"attributes":{nested(32)}}}', admin)
+        assert r.status_code == 201, r.text
+        bad = {
+            "NaN": "finite",
+            "-Infinity": "finite",
+            '"\\ud800"': "surrogate",
+            '{"\\udfff": 1}': "surrogate",
+            '"' + "x" * (64 * 1024) + '"': "bytes",
+        }
+        names = []
+        for value, reason in bad.items():
+            name = new_id("bad")
+            names.append(name)
+            r = post_text(c, "/v1/blocks", f'{{"id":"{name}","budget":{{"epsilon":1}},"attributes":{{"a":{value}}}}}',
+                          admin)
+            assert r.status_code == 422 and reason in r.json()["detail"], (value[:20], r.text)
+            claim = f'{{"demand":{{"epsilon":0.1}},"selector":{{"attributes":{{"a":{value}}}}}}}'
+            r = post_text(c, "/v1/claims", claim, alice)
+            assert r.status_code == 422 and reason in r.json()["detail"], (value[:20], r.text)
+        r = post_text(c, "/v1/blocks", '{"id":"x","budget":{"epsilon":1},"attributes":{"a":' + "9" * 5000 + "}}", admin)
+        assert r.status_code == 422, r.text
+        listed = c.get("/v1/blocks", headers=auth(admin))
+        assert listed.status_code == 200
+        ids = {b["id"] for b in listed.json()["blocks"]}
+        assert ok in ids and not ids & set(names)
+        assert c.get(f"/v1/blocks/{ok}", headers=auth(admin)).json()["attributes"] == json.loads(nested(32))

@@ -53,6 +53,7 @@ from dpf_sched.ledger.sql.schema import TABLES
 from dpf_sched.ledger.sql.stores import Store
 from dpf_sched.service.leader import LeaderLoop
 from dpf_sched.service.models import (
+    MAX_JSON_DEPTH,
     BlockCreate,
     BlockIds,
     BlockList,
@@ -153,7 +154,21 @@ def map_error(e: DpfSchedError) -> ApiError:
 
 def _reply(err: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status, headers=headers)
+    # A reason may quote the caller's input (a key of a rejected body): text that is not valid Unicode (a lone
+    # surrogate from a JSON escape) is shown escaped, or the reply itself could not be encoded.
+    detail = err.detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": err.code, "detail": detail}, status_code=err.status, headers=headers)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """The reason of a body the JSON parser gave up on (a plain syntax error is FastAPI's 422 already)."""
+    if isinstance(cause, RecursionError):
+        return f"the body nests too deeply to parse (free-form fields allow {MAX_JSON_DEPTH} levels)"
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8 text"
+    if cause is not None:
+        return f"the body is not JSON this server accepts: {cause}"
+    return "the body could not be parsed"  # pragma: no cover - FastAPI always chains the cause
 
 
 def _not_found(public_id: str) -> ApiError:
@@ -656,6 +671,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 400:  # FastAPI's "error parsing the body": any JSON the parser gave up on is a 422
+            return _reply(ApiError(422, "invalid", _unparsable(e.__cause__)))
         code = _HTTP_CODES.get(e.status_code, "invalid" if e.status_code < 500 else "unavailable")
         return _reply(ApiError(e.status_code, code, str(e.detail)))
 
