@@ -14,11 +14,16 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from service_support import Server, auth, create_token, start_server
+from service_support import Server, auth, create_token, run_cli, start_server
 from sql_ledger_support import PG_SKIP, SchemaPool
+
+from dpf_sched.errors import InvalidParameterError
+from dpf_sched.ledger.sql import open_store
+from dpf_sched.service.tables import ServiceTables, check_tenant
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
@@ -158,3 +163,31 @@ def test_free_form_json_limits_and_what_fits(served: tuple[Server, str, str]) ->
         ids = {b["id"] for b in listed.json()["blocks"]}
         assert ok in ids and not ids & set(names)
         assert c.get(f"/v1/blocks/{ok}", headers=auth(admin)).json()["attributes"] == json.loads(nested(32))
+
+
+# ----- finding 8: identifiers are full matches ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["alice\n", "al\nice"])
+def test_tenant_with_a_newline_is_refused_by_the_cli(tmp_path: Path, name: str) -> None:
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    create_token(db, "alice")
+    proc = run_cli("tokens", "create", "--db", db, "--tenant", name, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "tenant" in proc.stderr, proc.stderr
+    assert not proc.stdout
+    listed = json.loads(run_cli("tokens", "list", "--db", db, "--json").stdout)
+    assert [t["tenant"] for t in listed] == ["alice"]
+
+
+def test_identifiers_with_a_trailing_newline_are_refused_by_the_api(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    token = create_token(db, "alice")
+    tables = ServiceTables(open_store(db, create=False))
+    try:
+        assert tables.verify(token) is not None
+        assert tables.verify(token + "\n") is None  # the same secret plus a newline is not the token
+        with pytest.raises(InvalidParameterError, match="tenant"):
+            tables.create_token("alice\n")
+        with pytest.raises(InvalidParameterError):
+            check_tenant("bob\n")
+        assert [t.tenant for t in tables.list_tokens()] == ["alice"]
+    finally:
+        tables.close()
