@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,9 @@ import pytest
 from service_support import Server, auth, create_token, run_cli, start_server
 from sql_ledger_support import PG_SKIP, SchemaPool
 
-from dpf_sched.errors import InvalidParameterError
+from dpf_sched.errors import InvalidParameterError, LedgerStorageError
 from dpf_sched.ledger.sql import open_store
+from dpf_sched.ledger.sql.stores import SqliteStore
 from dpf_sched.service.tables import ServiceTables, check_tenant
 
 
@@ -191,3 +194,49 @@ def test_identifiers_with_a_trailing_newline_are_refused_by_the_api(tmp_path: Pa
         assert [t.tenant for t in tables.list_tokens()] == ["alice"]
     finally:
         tables.close()
+
+
+# ----- finding 6: the SQLite grant lease is keyed on the file ------------------------------------------------
+def test_sqlite_lease_is_keyed_on_the_file_not_the_path(tmp_path: Path) -> None:
+    (tmp_path / "dbs").mkdir()
+    (tmp_path / "links").mkdir()
+    real = tmp_path / "dbs" / "a.db"
+    SqliteStore(str(real)).close()
+    link = tmp_path / "links" / "b.db"
+    os.symlink(real, link)
+    aliases = [str(link), str(tmp_path / "links" / ".." / "dbs" / "a.db"), os.path.relpath(real)]
+    first = SqliteStore(str(real))
+    others = [SqliteStore(p) for p in aliases]
+    try:
+        assert first.try_grant_lease()
+        assert [s.try_grant_lease() for s in others] == [False] * len(aliases)
+        first.release_grant_lease()
+        assert others[0].try_grant_lease() and not first.try_grant_lease()
+    finally:
+        for s in [first, *others]:
+            s.close()
+
+
+def test_sqlite_ledger_with_hard_links_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "a.db"
+    SqliteStore(str(real)).close()
+    os.link(real, tmp_path / "b.db")
+    for p in (real, tmp_path / "b.db"):
+        with pytest.raises(LedgerStorageError, match="hard links"):
+            SqliteStore(str(p))
+
+
+def test_two_servers_on_a_symlinked_sqlite_ledger_have_one_leader(tmp_path: Path) -> None:
+    (tmp_path / "dbs").mkdir()
+    (tmp_path / "links").mkdir()
+    os.symlink(tmp_path / "dbs" / "a.db", tmp_path / "links" / "b.db")
+    db_a = f"sqlite:///{tmp_path / 'dbs' / 'a.db'}"
+    db_b = f"sqlite:///{tmp_path / 'links' / 'b.db'}"
+    create_token(db_a, "ops", admin=True)
+    extra = ["--lease-retry", "0.1"]
+    with start_server(db_a, "fcfs", extra=extra, log_dir=tmp_path) as a, \
+            start_server(db_b, "fcfs", extra=extra, log_dir=tmp_path) as b:
+        assert a.wait_leader(30) or b.wait_leader(30)
+        time.sleep(1.0)  # ten lease retries of the follower
+        leaders = [s.ready() for s in (a, b)]
+        assert [x is not None and x["leader"] for x in leaders].count(True) == 1, leaders

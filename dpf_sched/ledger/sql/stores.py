@@ -5,7 +5,8 @@ serialised across every process using the database (so a write sees every earlie
 ``seq`` grows without gaps), and holds the *grant lease*: the right to grant, which one scheduler loop at a time
 may hold.
 
-* SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` and then ``BEGIN IMMEDIATE``
+* SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` (``<db>``: the database's real
+  path, symlinks resolved, so every path to one file finds the same locks) and then ``BEGIN IMMEDIATE``
   (SQLite's own write lock, with a busy timeout, as the backstop). The kernel wakes a waiting writer at once,
   where SQLite's busy handler sleeps and retries; that keeps the tail latency low with many processes. The
   grant lease is an ``flock`` on ``<db>-grant.lock``, released by the kernel when its holder dies. The database
@@ -179,9 +180,35 @@ class SqliteStore(Store):
             ) from e
         except sqlite3.Error as e:
             raise LedgerStorageError(f"cannot open SQLite database {self.path}: {e}") from e
-        self._write_lock = None if self.memory else _FileLock(self.path + "-write.lock")
-        self._grant_lock = None if self.memory else _FileLock(self.path + "-grant.lock")
+        base = None if self.memory else self._lock_base()
+        self._write_lock = None if base is None else _FileLock(base + "-write.lock")
+        self._grant_lock = None if base is None else _FileLock(base + "-grant.lock")
         self._in_tx = False
+
+    def _lock_base(self) -> str:
+        """Where the lock side files live: beside the database *file*, whatever path reached it.
+
+        The locks must be keyed on the file, not on the string that named it: a symlink, a relative path or
+        ``dir/../db`` naming the same database must find the same locks, or two processes could both hold the
+        grant lease (two leaders). The real path (symlinks resolved) names the file; an alias of its directory
+        (a bind mount) reaches the same side files anyway. A file with several hard links has no single name,
+        so it is refused: SQLite itself does not support it (its journal files are named after the path used,
+        see "How To Corrupt An SQLite Database File", multiple links to the same file).
+        """
+        real = os.path.realpath(self.path)
+        try:
+            links = os.stat(real).st_nlink
+        except OSError as e:
+            self.conn.close()
+            raise LedgerStorageError(f"cannot stat SQLite database {self.path}: {e}") from e
+        if links > 1:
+            self.conn.close()
+            raise LedgerStorageError(
+                f"{self.path} has {links} hard links: a SQLite ledger must have exactly one (SQLite does not support "
+                "hard-linked databases, and the locks that allow a single leader are keyed on the file's name); "
+                "use a symbolic link or copy the file"
+            )
+        return real
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
