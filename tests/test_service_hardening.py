@@ -15,17 +15,18 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from service_support import Server, auth, create_token, run_cli, start_server
-from sql_ledger_support import PG_SKIP, SchemaPool
+from sql_ledger_support import PG_SKIP, PG_URL, SchemaPool, drop_schemas, pg_url
 
 from dpf_sched.errors import InvalidParameterError, LedgerStorageError
 from dpf_sched.ledger.sql import open_store
-from dpf_sched.ledger.sql.stores import SqliteStore
+from dpf_sched.ledger.sql.stores import PostgresStore, SqliteStore, advisory_key
 from dpf_sched.service.tables import ServiceTables, check_tenant
 
 
@@ -240,3 +241,64 @@ def test_two_servers_on_a_symlinked_sqlite_ledger_have_one_leader(tmp_path: Path
         time.sleep(1.0)  # ten lease retries of the follower
         leaders = [s.ready() for s in (a, b)]
         assert [x is not None and x["leader"] for x in leaders].count(True) == 1, leaders
+
+
+# ----- finding 7: PostgreSQL advisory-lock keys do not collide -----------------------------------------------
+#: Schemas whose old lock key ``crc32(name) & 0x7FFFFFFF`` is the same (the issue's pair, and one pinned for a
+#: test that creates its schemas: the names are this test's own, found once by a birthday search).
+CRC_PAIR = ("tenant3985819", "tenant4420602")
+CRC_PAIR_OWN = ("dpf_crc_witness_18ad9899f3f2", "dpf_crc_witness_b50aefa43e57")
+
+
+@pytest.mark.parametrize("pair", [CRC_PAIR, CRC_PAIR_OWN])
+def test_the_witnesses_collide_under_crc32(pair: tuple[str, str]) -> None:
+    a, b = (zlib.crc32(x.encode()) & 0x7FFFFFFF for x in pair)
+    assert a == b  # the witness is real: the old key could not tell these schemas apart
+    assert advisory_key("grant", pair[0]) != advisory_key("grant", pair[1])
+    assert advisory_key("grant", pair[0]) != advisory_key("write", pair[0])
+
+
+@PG_SKIP
+def test_colliding_schemas_hold_their_own_locks() -> None:
+    """Both schemas' grant leases and write locks are held at once (no schema is created: locks need none)."""
+    assert PG_URL
+    a, b = (PostgresStore(PG_URL, schema=s, create=False) for s in CRC_PAIR)
+    other = PostgresStore(PG_URL, schema=CRC_PAIR[0], create=False)
+    try:
+        assert a.try_grant_lease() and b.try_grant_lease()
+        assert not other.try_grant_lease()  # the same schema still excludes
+        a.begin_write()
+        done = threading.Event()
+
+        def write_b() -> None:
+            b.begin_write()
+            done.set()
+
+        t = threading.Thread(target=write_b)
+        t.start()
+        try:
+            assert done.wait(10.0), "a write on one schema waited for a write on another"
+        finally:
+            a.rollback()
+            t.join(30)
+            b.rollback()
+    finally:
+        for s in (a, b, other):
+            s.close()
+
+
+@PG_SKIP
+def test_services_on_colliding_schemas_both_lead(tmp_path: Path) -> None:
+    drop_schemas(list(CRC_PAIR_OWN))  # this test's own names: a crashed earlier run may have left them
+    try:
+        urls = [pg_url(s) for s in CRC_PAIR_OWN]
+        for u in urls:
+            create_token(u, "ops", admin=True)
+        extra = ["--lease-retry", "0.1"]
+        with start_server(urls[0], "fcfs", extra=extra, log_dir=tmp_path) as a:
+            assert a.wait_leader(30)
+            with start_server(urls[1], "fcfs", extra=extra, log_dir=tmp_path) as b:
+                assert b.wait_leader(30), b.log()[-2000:]
+                assert a.ready() == {"status": "ready", "leader": True}
+    finally:
+        drop_schemas(list(CRC_PAIR_OWN))

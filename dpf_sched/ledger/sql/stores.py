@@ -12,7 +12,8 @@ may hold.
   grant lease is an ``flock`` on ``<db>-grant.lock``, released by the kernel when its holder dies. The database
   runs in WAL mode with ``synchronous=FULL`` by default: each commit is fsynced before it is acknowledged.
 * PostgreSQL: a write transaction takes ``pg_advisory_xact_lock`` (released at commit or rollback); the grant
-  lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends.
+  lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends. Their keys are 64 bits
+  of SHA-256 over the lock's purpose and the schema (:func:`advisory_key`).
 
 Driver errors become :class:`~dpf_sched.errors.LedgerStorageError`.
 """
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sqlite3
+import struct
 import time
-import zlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -33,9 +35,9 @@ from dpf_sched.errors import InvalidParameterError, LedgerStorageError
 
 logger = logging.getLogger(__name__)
 
-#: Advisory-lock class ids on PostgreSQL (the object id is a hash of the ledger's schema).
-_PG_WRITE_LOCK = 0x0DBF0001
-_PG_GRANT_LOCK = 0x0DBF0002
+#: What the two PostgreSQL advisory locks of a ledger are for (hashed with the schema into the lock's key).
+_PG_WRITE_LOCK = "write"
+_PG_GRANT_LOCK = "grant"
 #: Poll period while waiting for the grant lease.
 _POLL_S = 0.02
 
@@ -103,6 +105,20 @@ class Store(ABC):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL_S)
+
+
+def advisory_key(purpose: str, schema: str) -> tuple[int, int]:
+    """The PostgreSQL advisory-lock key of a ledger's ``purpose`` lock (``"write"``, ``"grant"``) in ``schema``.
+
+    64 bits of SHA-256 over the purpose and the schema name, as the two signed 32-bit halves that the two-key form
+    ``pg_advisory_lock(int4, int4)`` takes. Advisory locks are per database, so the schema names the ledger; the
+    key used to be ``crc32(schema)`` (31 bits), and distinct schemas collided (``tenant3985819`` and
+    ``tenant4420602``): a service on one waited as a follower for ever while the other led. With a
+    cryptographic 64-bit key a collision among n ledgers of one database has probability about n²/2⁶⁵.
+    """
+    digest = hashlib.sha256(f"dpf_sched advisory lock\0{purpose}\0{schema}".encode()).digest()
+    hi, lo = struct.unpack(">ii", digest[:8])
+    return hi, lo
 
 
 class _FileLock:
@@ -325,7 +341,8 @@ class PostgresStore(Store):
         self.schema = schema or "public"
         if not self.schema.replace("_", "").isalnum() or not self.schema[0].isalpha():
             raise InvalidParameterError(f"schema name must be a plain identifier, got {self.schema!r}")
-        self._key = zlib.crc32(self.schema.encode()) & 0x7FFFFFFF
+        self._write_key = advisory_key(_PG_WRITE_LOCK, self.schema)
+        self._grant_key = advisory_key(_PG_GRANT_LOCK, self.schema)
         try:
             self.conn = psycopg.connect(conninfo, autocommit=True)
             if create:
@@ -364,7 +381,7 @@ class PostgresStore(Store):
     def begin_write(self) -> None:
         self.execute("BEGIN")
         try:
-            self.execute("SELECT pg_advisory_xact_lock(?, ?)", (_PG_WRITE_LOCK, self._key))
+            self.execute("SELECT pg_advisory_xact_lock(?, ?)", self._write_key)
         except BaseException:
             self.rollback()
             raise
@@ -392,14 +409,14 @@ class PostgresStore(Store):
     def try_grant_lease(self) -> bool:
         if self._grant_held:
             return True
-        rows = self.execute("SELECT pg_try_advisory_lock(?, ?)", (_PG_GRANT_LOCK, self._key))
+        rows = self.execute("SELECT pg_try_advisory_lock(?, ?)", self._grant_key)
         self._grant_held = bool(rows[0][0])
         return self._grant_held
 
     def release_grant_lease(self) -> None:
         if self._grant_held and not self.conn.closed and not self.conn.broken:
             with contextlib.suppress(LedgerStorageError):
-                self.execute("SELECT pg_advisory_unlock(?, ?)", (_PG_GRANT_LOCK, self._key))
+                self.execute("SELECT pg_advisory_unlock(?, ?)", self._grant_key)
         self._grant_held = False
 
     def close(self) -> None:
