@@ -18,6 +18,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -302,3 +303,50 @@ def test_services_on_colliding_schemas_both_lead(tmp_path: Path) -> None:
                 assert a.ready() == {"status": "ready", "leader": True}
     finally:
         drop_schemas(list(CRC_PAIR_OWN))
+
+
+# ----- finding 9: what a tenant may learn about a block ------------------------------------------------------
+def test_rejections_do_not_measure_what_others_consumed(tmp_path: Path) -> None:
+    """The issue's probe: capacity 10, 0.6 consumed by someone else, 5 held by a grant. A tenant's demands of
+    9.4 and 9.4001 (either side of capacity − consumed, beyond the tolerance) get the same answer, and keep
+    getting it after the leader's passes; only a demand beyond the capacity is rejected at once, with a reason
+    without numbers."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}?synchronous=normal"
+    admin = create_token(db, "ops", admin=True)
+    alice = create_token(db, "alice")
+    with start_server(db, "drf", log_dir=tmp_path) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as c:
+        bid = make_block(c, admin, eps=10.0)
+        for cid, eps in (("spent", 0.6), ("held", 5.0)):
+            r = c.post("/v1/claims", json={"id": cid, "demand": {"epsilon": eps}, "blocks": [bid]},
+                       headers=auth(admin))
+            assert r.status_code == 201
+            r = c.get(f"/v1/claims/{cid}/wait", params={"timeout": 10}, headers=auth(admin))
+            assert r.json()["state"] == "granted", r.text
+        r = c.post("/v1/claims/spent/consume", json={"request_id": "all"}, headers=auth(admin))
+        assert r.status_code == 200
+        assert c.get(f"/v1/blocks/{bid}", headers=auth(admin)).json()["consumed"]["epsilon"] == pytest.approx(0.6)
+
+        def probe(eps: float) -> dict[str, dict[str, Any]]:
+            r = c.post("/v1/claims", json={"demand": {"epsilon": eps}, "blocks": [bid]}, headers=auth(alice))
+            assert r.status_code == 201, r.text
+            cid = r.json()["id"]
+            first = {k: r.json()[k] for k in ("state", "reason", "decided_at", "remaining", "consumed")}
+            time.sleep(0.5)  # many leader passes (poll 0.02 s): the leader must not tell them apart either
+            r = c.get(f"/v1/claims/{cid}", headers=auth(alice))
+            later = {k: r.json()[k] for k in ("state", "reason", "decided_at", "remaining", "consumed")}
+            return {"first": first, "later": later}
+
+        inside, beyond = probe(9.4), probe(9.4001)
+        assert inside == beyond, (inside, beyond)
+        assert inside["first"]["state"] == inside["later"]["state"] == "waiting"
+        assert inside["later"]["reason"] is None
+        # Beyond the capacity (public: the block's guarantee): rejected at once, no amount in the reason.
+        r = c.post("/v1/claims", json={"demand": {"epsilon": 10.000001}, "blocks": [bid]}, headers=auth(alice))
+        assert r.status_code == 201 and r.json()["state"] == "rejected"
+        assert r.json()["reason"] == f"demand exceeds what block {bid} can ever provide"
+        # A tenant sees no budget of a block anywhere.
+        assert c.get(f"/v1/blocks/{bid}", headers=auth(alice)).status_code == 403
+        assert c.get("/v1/blocks", headers=auth(alice)).status_code == 403
+        r = c.post("/v1/blocks/select", json={"selector": {"ids": [bid]}}, headers=auth(alice))
+        assert r.json() == {"blocks": [bid]}

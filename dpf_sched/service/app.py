@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -444,8 +445,12 @@ class Service:
                 created = False
             else:
                 created = True
+                # Rejected at once only beyond a block's capacity, never because of what others consumed: the
+                # answer a tenant gets must not measure capacity − consumed (docs/service.md, what a tenant may
+                # learn). The leader's scheduler applies the same rule (LeaderScheduler.possible).
                 comp = self.composition
-                possible = comp.possible(demand, led.consumed[idx], led.capacity[idx])
+                cap = led.capacity[idx]
+                possible = comp.possible(demand, np.zeros_like(cap), cap)
                 if not bool(possible.all()):
                     bad = claim.blocks[int(possible.argmin())]
                     with contextlib.suppress(InvalidStateError):
