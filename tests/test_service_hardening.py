@@ -26,9 +26,11 @@ from service_support import Server, auth, create_token, run_cli, start_server
 from sql_ledger_support import PG_SKIP, PG_URL, SchemaPool, drop_schemas, pg_url
 
 from dpf_sched.errors import InvalidParameterError, LedgerStorageError
-from dpf_sched.ledger.sql import open_store
+from dpf_sched.ledger.sql import open_ledger, open_store
 from dpf_sched.ledger.sql.stores import PostgresStore, SqliteStore, advisory_key
-from dpf_sched.service.tables import ServiceTables, check_tenant
+from dpf_sched.service.app import ApiError, Service, ServiceConfig
+from dpf_sched.service.models import BlockCreate, ClaimCreate, ConsumeRequest
+from dpf_sched.service.tables import Principal, Role, ServiceTables, check_tenant
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
@@ -350,3 +352,42 @@ def test_rejections_do_not_measure_what_others_consumed(tmp_path: Path) -> None:
         assert c.get("/v1/blocks", headers=auth(alice)).status_code == 403
         r = c.post("/v1/blocks/select", json={"selector": {"ids": [bid]}}, headers=auth(alice))
         assert r.json() == {"blocks": [bid]}
+
+
+# ----- issue 19: a reused request id gets one answer, whoever applied it first ------------------------------
+def test_reused_request_id_is_409_even_when_another_process_applied_it_in_between(tmp_path: Path) -> None:
+    """Two service processes (two Service objects on one ledger). B has checked the claim when A commits a
+    consume with a request id, then B applies its own, different consume with that id: 409, as when A's came
+    earlier (it was 422: B had looked the request id up before A's commit)."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}?synchronous=normal"
+    a, b = (Service(ServiceConfig(db=db, run_leader=False)) for _ in range(2))
+    try:
+        alice = Principal("t1", "alice", Role.TENANT)
+        a.create_block(BlockCreate.model_validate({"id": "B", "budget": {"epsilon": 1.0}}))
+        a.create_claim(alice, ClaimCreate.model_validate({"id": "c", "demand": {"epsilon": 0.5}, "blocks": ["B"]}))
+        with open_ledger(db) as granter:
+            granter.unlock_to([0], [1.0])
+            granter.allocate("alice/c", 1.0)
+        first = ConsumeRequest.model_validate({"request_id": "r1", "amounts": {"B": {"epsilon": 0.1}}})
+        other = ConsumeRequest.model_validate({"request_id": "r1", "amounts": {"B": {"epsilon": 0.2}}})
+        real = b.ledger.consume
+        calls = []
+
+        def a_commits_first(*args: Any, **kwargs: Any) -> None:
+            if not calls:  # A's consume with the same request id commits just before B's transaction
+                calls.append(1)
+                a.consume(alice, "c", first)
+            real(*args, **kwargs)
+
+        b.ledger.consume = a_commits_first  # type: ignore[method-assign]
+        with pytest.raises(ApiError) as raced:
+            b.consume(alice, "c", other)
+        b.ledger.consume = real  # type: ignore[method-assign]
+        with pytest.raises(ApiError) as plain:
+            b.consume(alice, "c", other)
+        assert raced.value.status == plain.value.status == 409
+        assert raced.value.detail == plain.value.detail
+        assert b.out(alice, "c").consumed["B"]["epsilon"] == pytest.approx(0.1)  # applied once
+    finally:
+        a.close()
+        b.close()

@@ -499,6 +499,8 @@ class Service:
 
         Another tenant's or an unknown claim is 404; a request id the ledger already recorded for another
         operation is 409 (the ledger refuses its reuse), while a retry of the same operation is a no-op there.
+        Whether the id was used is asked *after* the refusal, of the state the refused transaction saw: asked
+        before, a use committed by another process in between made the same reuse a 422 (issue 19).
         """
         lid = f"{p.tenant}/{public_id}"
         rid = f"{p.tenant}/{request_id}"
@@ -508,11 +510,10 @@ class Service:
                 led.state(lid)
             except UnknownClaimError:
                 raise _not_found(public_id) from None
-            seen = led.has_request(rid)
             try:
                 op(led, lid, rid)
             except InvalidParameterError as e:
-                if seen:
+                if led.has_request(rid):
                     raise ApiError(409, "conflict", f"request id {request_id!r} was used elsewhere") from e
                 raise
 
