@@ -236,8 +236,7 @@ def test_two_servers_on_a_symlinked_sqlite_ledger_have_one_leader(tmp_path: Path
     os.symlink(tmp_path / "dbs" / "a.db", tmp_path / "links" / "b.db")
     db_a = f"sqlite:///{tmp_path / 'dbs' / 'a.db'}"
     db_b = f"sqlite:///{tmp_path / 'links' / 'b.db'}"
-    create_token(db_a, "ops", admin=True)
-    extra = ["--lease-retry", "0.1"]
+    extra = ["--lease-retry", "0.1"]  # serve creates the ledger (the first is ready before the second starts)
     with start_server(db_a, "fcfs", extra=extra, log_dir=tmp_path) as a, \
             start_server(db_b, "fcfs", extra=extra, log_dir=tmp_path) as b:
         assert a.wait_leader(30) or b.wait_leader(30)
@@ -294,9 +293,7 @@ def test_colliding_schemas_hold_their_own_locks() -> None:
 def test_services_on_colliding_schemas_both_lead(tmp_path: Path) -> None:
     drop_schemas(list(CRC_PAIR_OWN))  # this test's own names: a crashed earlier run may have left them
     try:
-        urls = [pg_url(s) for s in CRC_PAIR_OWN]
-        for u in urls:
-            create_token(u, "ops", admin=True)
+        urls = [pg_url(s) for s in CRC_PAIR_OWN]  # serve creates each schema's ledger
         extra = ["--lease-retry", "0.1"]
         with start_server(urls[0], "fcfs", extra=extra, log_dir=tmp_path) as a:
             assert a.wait_leader(30)
