@@ -74,10 +74,10 @@ class LeaderScheduler(Scheduler):
         self._sql = ledger
 
     def possible(self, idx: IntArray, demand: FloatArray) -> BoolArray:
-        """"Never" means beyond the capacity here, not beyond capacity − consumed: whether a tenant's claim is
-        rejected at once must not depend on what other tenants consumed (docs/service.md, what a tenant may
-        learn). A claim that others' consumption made impossible waits, like one that does not fit yet, until
-        its timeout, its withdrawal or its block's retirement."""
+        """Here a claim is "never" possible only beyond the capacity, not beyond capacity − consumed: whether a
+        tenant's claim is rejected at once must not depend on what other tenants consumed (docs/service.md, what
+        a tenant may learn). A claim that others' consumption made impossible waits, like one that does not fit
+        yet, until its timeout, its withdrawal or its block's retirement."""
         comp = self.ledger.composition
         cap = self.ledger.capacity[idx]
         return comp.possible(demand, np.zeros_like(cap), cap)
