@@ -22,8 +22,9 @@ from dpf_sched.block import Block
 from dpf_sched.budget import Budget
 from dpf_sched.claim import Claim
 from dpf_sched.clock import Clock, ManualClock
+from dpf_sched.composition import BoolArray
 from dpf_sched.errors import InvalidParameterError, InvalidStateError
-from dpf_sched.ledger.base import ClaimRecord, ClaimState, Ledger
+from dpf_sched.ledger.base import ClaimRecord, ClaimState, FloatArray, IntArray, Ledger
 from dpf_sched.policies.base import Decision, PassContext, Policy, Unlock, Verdict
 from dpf_sched.policies.registry import create_policy
 from dpf_sched.queue import ClaimQueue, QueuedClaim
@@ -150,11 +151,9 @@ class Scheduler:
         if claim.arrival != now:
             claim = replace(claim, arrival=now)
         idx, demand = self.ledger.add_claim(claim)
-        cap = self.ledger.capacity[idx]
-        comp = self.ledger.composition
         q = self._queued(claim, idx, demand)
         self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
-        possible = comp.possible(demand, self.ledger.consumed[idx], cap)
+        possible = self.possible(idx, demand)
         if not bool(possible.all()):
             bad = claim.blocks[int(np.argmin(possible))]
             self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
@@ -236,8 +235,7 @@ class Scheduler:
         q = self._queued(claim, idx, demand)
         if arrival_unlock:
             self._apply_unlock(self.policy.unlocker.on_arrival(q, self.ledger))
-        comp = self.ledger.composition
-        possible = comp.possible(demand, self.ledger.consumed[idx], self.ledger.capacity[idx])
+        possible = self.possible(idx, demand)
         if not bool(possible.all()):
             bad = claim.blocks[int(np.argmin(possible))]
             self.ledger.reject(claim.id, now, f"demand exceeds what block {bad} can ever provide")
@@ -248,6 +246,16 @@ class Scheduler:
         if math.isfinite(q.deadline):
             heapq.heappush(self._deadlines, (q.deadline, q.handle))
         return True
+
+    def possible(self, idx: IntArray, demand: FloatArray) -> BoolArray:
+        """Per block of a claim (rows ``idx``, ``demand``): could its demand there ever be provided?
+
+        False rows make :meth:`submit` and :meth:`adopt` reject the claim at once ("never") instead of queueing
+        it. Here: within capacity − consumed (consumption never decreases). The HTTP service's leader narrows
+        this to the capacity alone (docs/service.md, what a tenant may learn), so that the answer does not
+        depend on what others consumed.
+        """
+        return self.ledger.composition.possible(demand, self.ledger.consumed[idx], self.ledger.capacity[idx])
 
     def drop(self, claim_id: str) -> bool:
         """Forget a waiting claim that left the waiting state elsewhere (withdrawn or rejected by another

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -53,6 +54,7 @@ from dpf_sched.ledger.sql.schema import TABLES
 from dpf_sched.ledger.sql.stores import Store
 from dpf_sched.service.leader import LeaderLoop
 from dpf_sched.service.models import (
+    MAX_JSON_DEPTH,
     BlockCreate,
     BlockIds,
     BlockList,
@@ -153,7 +155,21 @@ def map_error(e: DpfSchedError) -> ApiError:
 
 def _reply(err: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status, headers=headers)
+    # A reason may quote the caller's input (a key of a rejected body): text that is not valid Unicode (a lone
+    # surrogate from a JSON escape) is shown escaped, or the reply itself could not be encoded.
+    detail = err.detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": err.code, "detail": detail}, status_code=err.status, headers=headers)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """The reason of a body the JSON parser gave up on (a plain syntax error is FastAPI's 422 already)."""
+    if isinstance(cause, RecursionError):
+        return f"the body nests too deeply to parse (free-form fields allow {MAX_JSON_DEPTH} levels)"
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8 text"
+    if cause is not None:
+        return f"the body is not JSON this server accepts: {cause}"
+    return "the body could not be parsed"  # pragma: no cover - FastAPI always chains the cause
 
 
 def _not_found(public_id: str) -> ApiError:
@@ -398,9 +414,9 @@ class Service:
         fp = fingerprint(body.model_dump(mode="json", by_alias=True, exclude_unset=True))
         conflict = ApiError(409, "conflict", f"claim id {public_id!r} was already used for a different request")
         if body.id is not None:
-            meta = self.tables.claim_meta(lid)
-            if meta is not None and meta.fingerprint != fp:
-                raise conflict
+            # The ledger first, then the metadata: both commit in one transaction, so a claim the ledger shows
+            # has its metadata row visible to any later read. (The other order raced: a concurrent identical
+            # create committing between the two reads looked like a claim without metadata, i.e. a conflict.)
             with self.lock:
                 try:
                     self.ledger.claim(lid)
@@ -408,7 +424,8 @@ class Service:
                 except UnknownClaimError:
                     exists = False
             if exists:
-                if meta is None:
+                meta = self.tables.claim_meta(lid)
+                if meta is None or meta.fingerprint != fp:
                     raise conflict
                 return 200, self.out(p, public_id)
         new_meta = ClaimMeta(lid, p.tenant, body.label, fp)
@@ -428,8 +445,12 @@ class Service:
                 created = False
             else:
                 created = True
+                # Rejected at once only beyond a block's capacity, never because of what others consumed: the
+                # answer a tenant gets must not measure capacity − consumed (docs/service.md, what a tenant may
+                # learn). The leader's scheduler applies the same rule (LeaderScheduler.possible).
                 comp = self.composition
-                possible = comp.possible(demand, led.consumed[idx], led.capacity[idx])
+                cap = led.capacity[idx]
+                possible = comp.possible(demand, np.zeros_like(cap), cap)
                 if not bool(possible.all()):
                     bad = claim.blocks[int(possible.argmin())]
                     with contextlib.suppress(InvalidStateError):
@@ -478,6 +499,8 @@ class Service:
 
         Another tenant's or an unknown claim is 404; a request id the ledger already recorded for another
         operation is 409 (the ledger refuses its reuse), while a retry of the same operation is a no-op there.
+        Whether the id was used is asked *after* the refusal, of the state the refused transaction saw: asked
+        before, a use committed by another process in between made the same reuse a 422 (issue 19).
         """
         lid = f"{p.tenant}/{public_id}"
         rid = f"{p.tenant}/{request_id}"
@@ -487,11 +510,10 @@ class Service:
                 led.state(lid)
             except UnknownClaimError:
                 raise _not_found(public_id) from None
-            seen = led.has_request(rid)
             try:
                 op(led, lid, rid)
             except InvalidParameterError as e:
-                if seen:
+                if led.has_request(rid):
                     raise ApiError(409, "conflict", f"request id {request_id!r} was used elsewhere") from e
                 raise
 
@@ -655,6 +677,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 400:  # FastAPI's "error parsing the body": any JSON the parser gave up on is a 422
+            return _reply(ApiError(422, "invalid", _unparsable(e.__cause__)))
         code = _HTTP_CODES.get(e.status_code, "invalid" if e.status_code < 500 else "unavailable")
         return _reply(ApiError(e.status_code, code, str(e.detail)))
 

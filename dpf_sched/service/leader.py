@@ -28,9 +28,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from dpf_sched.clock import Clock, WallClock
+from dpf_sched.composition import BoolArray
 from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
-from dpf_sched.ledger.base import ClaimState
+from dpf_sched.ledger.base import ClaimState, FloatArray, IntArray
 from dpf_sched.ledger.sql import SqlLedger, open_store
 from dpf_sched.policies.base import Decision
 from dpf_sched.scheduler import Outcome, Scheduler
@@ -69,6 +72,15 @@ class LeaderScheduler(Scheduler):
     def __init__(self, ledger: SqlLedger, policy: str, clock: Clock, **params: Any) -> None:
         super().__init__(ledger, policy, clock, **params)
         self._sql = ledger
+
+    def possible(self, idx: IntArray, demand: FloatArray) -> BoolArray:
+        """Here a claim is "never" possible only beyond the capacity, not beyond capacity − consumed: whether a
+        tenant's claim is rejected at once must not depend on what other tenants consumed (docs/service.md, what
+        a tenant may learn). A claim that others' consumption made impossible waits, like one that does not fit
+        yet, until its timeout, its withdrawal or its block's retirement."""
+        comp = self.ledger.composition
+        cap = self.ledger.capacity[idx]
+        return comp.possible(demand, np.zeros_like(cap), cap)
 
     def _apply(self, decisions: list[Decision], now: float) -> list[Outcome]:
         if len(decisions) < 2:

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic_core import to_json
 
 from dpf_sched.budget import Budget, EpsDelta, RenyiCurve, budget_json
 from dpf_sched.composition import Composition, RenyiComposition
@@ -25,6 +26,60 @@ from dpf_sched.ledger.base import BlockBudgets, ClaimRecord, ClaimState
 from dpf_sched.selector import BlockSelector
 
 Number = Annotated[float, Field(strict=True)]
+
+#: Deepest nesting of a free-form JSON field (block and selector ``attributes``): the object itself is level 1.
+MAX_JSON_DEPTH = 32
+#: Largest free-form JSON field, as compact UTF-8 JSON (bytes).
+MAX_JSON_BYTES = 64 * 1024
+
+
+def check_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """A free-form JSON object the server can store and serialise back, or ValueError (a 422) saying why.
+
+    Nesting at most :data:`MAX_JSON_DEPTH` levels, at most :data:`MAX_JSON_BYTES` bytes as compact JSON, finite
+    numbers only, text that is valid Unicode (no lone surrogates: they cannot be written as UTF-8). Walked
+    without recursion, so a hostile depth costs a loop, never a ``RecursionError``; then serialised once by the
+    same encoder that writes the replies, so what is accepted is exactly what can be answered later.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                for k in v:
+                    if not isinstance(k, str):  # pragma: no cover - JSON keys are strings
+                        raise ValueError("object keys must be strings")
+                    _check_text(k)
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, str):
+            _check_text(v)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"numbers must be finite, got {v}")
+        elif not (v is None or isinstance(v, bool | int)):  # pragma: no cover - JSON parses to these types
+            raise ValueError(f"not a JSON value: {type(v).__name__}")
+    try:
+        size = len(to_json(value))
+    except ValueError as e:  # pragma: no cover - every case above is refused first
+        raise ValueError(f"cannot be serialised: {e}") from None
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"is {size} bytes as JSON, more than {MAX_JSON_BYTES}")
+    return value
+
+
+def _check_text(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+
+
+#: A free-form JSON object field, bounded by :func:`check_json_object`.
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json_object)]
 Ident = Annotated[str, Field(strict=True, min_length=1, max_length=200, pattern=r"^[^/\s\x00-\x1f\x7f]+$")]
 RequestId = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
 
@@ -45,7 +100,7 @@ class SelectorIn(_Body):
     """A block selector (as in the trace format); every field optional, all must hold."""
 
     ids: list[StrictStr] | None = Field(default=None, max_length=10000)
-    attributes: dict[str, Any] | None = None
+    attributes: JsonObject | None = None
     from_: Number | None = Field(default=None, alias="from")
     until: Number | None = None
     latest: StrictInt | None = None
@@ -59,7 +114,7 @@ class BlockCreate(_Body):
 
     id: Ident
     budget: BudgetIn
-    attributes: dict[str, Any] | None = None
+    attributes: JsonObject | None = None
 
 
 class SelectRequest(_Body):

@@ -55,8 +55,10 @@ _DDL = (
 )
 
 #: Tenant names: they prefix ledger claim ids (``<tenant>/<id>``), so no ``/``; short and printable.
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_TOKEN_RE = re.compile(r"^dpf_([0-9a-f]{12})\.([A-Za-z0-9_-]{20,128})$")
+#: Both are used with ``fullmatch`` only: ``$`` in ``re.match`` also matches before a trailing newline, which let
+#: ``"alice\n"`` pass as a second tenant "alice".
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TOKEN_RE = re.compile(r"dpf_([0-9a-f]{12})\.([A-Za-z0-9_-]{20,128})")
 #: A digest every failed lookup is compared against, so an unknown id costs the same as a wrong secret.
 _DUMMY = hashlib.sha256(b"dpf_sched: no such token").hexdigest()
 
@@ -105,7 +107,7 @@ class ClaimMeta:
 
 def check_tenant(name: str) -> str:
     """A valid tenant name (letters, digits, ``_.-``; at most 64; no ``/``), or InvalidParameterError."""
-    if not isinstance(name, str) or not TENANT_RE.match(name):
+    if not isinstance(name, str) or not TENANT_RE.fullmatch(name):
         raise InvalidParameterError(
             f"tenant must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}"
         )
@@ -256,7 +258,7 @@ class ServiceTables:
 
     def verify(self, token: str) -> Principal | None:
         """The principal of a live token, or None (malformed, unknown, wrong secret or revoked)."""
-        m = _TOKEN_RE.match(token) if isinstance(token, str) else None
+        m = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
         if m is None:
             hmac.compare_digest(_DUMMY, _DUMMY)
             return None

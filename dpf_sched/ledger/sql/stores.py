@@ -5,13 +5,15 @@ serialised across every process using the database (so a write sees every earlie
 ``seq`` grows without gaps), and holds the *grant lease*: the right to grant, which one scheduler loop at a time
 may hold.
 
-* SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` and then ``BEGIN IMMEDIATE``
+* SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` (``<db>``: the database's real
+  path, symlinks resolved, so every path to one file finds the same locks) and then ``BEGIN IMMEDIATE``
   (SQLite's own write lock, with a busy timeout, as the backstop). The kernel wakes a waiting writer at once,
   where SQLite's busy handler sleeps and retries; that keeps the tail latency low with many processes. The
   grant lease is an ``flock`` on ``<db>-grant.lock``, released by the kernel when its holder dies. The database
   runs in WAL mode with ``synchronous=FULL`` by default: each commit is fsynced before it is acknowledged.
 * PostgreSQL: a write transaction takes ``pg_advisory_xact_lock`` (released at commit or rollback); the grant
-  lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends.
+  lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends. Their keys are 64 bits
+  of SHA-256 over the lock's purpose and the schema (:func:`advisory_key`).
 
 Driver errors become :class:`~dpf_sched.errors.LedgerStorageError`.
 """
@@ -20,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sqlite3
+import struct
 import time
-import zlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -32,9 +35,9 @@ from dpf_sched.errors import InvalidParameterError, LedgerStorageError
 
 logger = logging.getLogger(__name__)
 
-#: Advisory-lock class ids on PostgreSQL (the object id is a hash of the ledger's schema).
-_PG_WRITE_LOCK = 0x0DBF0001
-_PG_GRANT_LOCK = 0x0DBF0002
+#: What the two PostgreSQL advisory locks of a ledger are for (hashed with the schema into the lock's key).
+_PG_WRITE_LOCK = "write"
+_PG_GRANT_LOCK = "grant"
 #: Poll period while waiting for the grant lease.
 _POLL_S = 0.02
 
@@ -102,6 +105,20 @@ class Store(ABC):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL_S)
+
+
+def advisory_key(purpose: str, schema: str) -> tuple[int, int]:
+    """The PostgreSQL advisory-lock key of a ledger's ``purpose`` lock (``"write"``, ``"grant"``) in ``schema``.
+
+    64 bits of SHA-256 over the purpose and the schema name, as the two signed 32-bit halves that the two-key form
+    ``pg_advisory_lock(int4, int4)`` takes. Advisory locks are per database, so the schema names the ledger; the
+    key used to be ``crc32(schema)`` (31 bits), and distinct schemas collided (``tenant3985819`` and
+    ``tenant4420602``): a service on one waited as a follower for ever while the other led. With a
+    cryptographic 64-bit key a collision among n ledgers of one database has probability about n²/2⁶⁵.
+    """
+    digest = hashlib.sha256(f"dpf_sched advisory lock\0{purpose}\0{schema}".encode()).digest()
+    hi, lo = struct.unpack(">ii", digest[:8])
+    return hi, lo
 
 
 class _FileLock:
@@ -179,9 +196,35 @@ class SqliteStore(Store):
             ) from e
         except sqlite3.Error as e:
             raise LedgerStorageError(f"cannot open SQLite database {self.path}: {e}") from e
-        self._write_lock = None if self.memory else _FileLock(self.path + "-write.lock")
-        self._grant_lock = None if self.memory else _FileLock(self.path + "-grant.lock")
+        base = None if self.memory else self._lock_base()
+        self._write_lock = None if base is None else _FileLock(base + "-write.lock")
+        self._grant_lock = None if base is None else _FileLock(base + "-grant.lock")
         self._in_tx = False
+
+    def _lock_base(self) -> str:
+        """Where the lock side files live: beside the database *file*, whatever path reached it.
+
+        The locks must be keyed on the file, not on the string that named it: a symlink, a relative path or
+        ``dir/../db`` naming the same database must find the same locks, or two processes could both hold the
+        grant lease (two leaders). The real path (symlinks resolved) names the file; an alias of its directory
+        (a bind mount) reaches the same side files anyway. A file with several hard links has no single name,
+        so it is refused: SQLite itself does not support it (its journal files are named after the path used,
+        see "How To Corrupt An SQLite Database File", multiple links to the same file).
+        """
+        real = os.path.realpath(self.path)
+        try:
+            links = os.stat(real).st_nlink
+        except OSError as e:
+            self.conn.close()
+            raise LedgerStorageError(f"cannot stat SQLite database {self.path}: {e}") from e
+        if links > 1:
+            self.conn.close()
+            raise LedgerStorageError(
+                f"{self.path} has {links} hard links: a SQLite ledger must have exactly one (SQLite does not support "
+                "hard-linked databases, and the locks that allow a single leader are keyed on the file's name); "
+                "use a symbolic link or copy the file"
+            )
+        return real
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
@@ -298,7 +341,8 @@ class PostgresStore(Store):
         self.schema = schema or "public"
         if not self.schema.replace("_", "").isalnum() or not self.schema[0].isalpha():
             raise InvalidParameterError(f"schema name must be a plain identifier, got {self.schema!r}")
-        self._key = zlib.crc32(self.schema.encode()) & 0x7FFFFFFF
+        self._write_key = advisory_key(_PG_WRITE_LOCK, self.schema)
+        self._grant_key = advisory_key(_PG_GRANT_LOCK, self.schema)
         try:
             self.conn = psycopg.connect(conninfo, autocommit=True)
             if create:
@@ -337,7 +381,7 @@ class PostgresStore(Store):
     def begin_write(self) -> None:
         self.execute("BEGIN")
         try:
-            self.execute("SELECT pg_advisory_xact_lock(?, ?)", (_PG_WRITE_LOCK, self._key))
+            self.execute("SELECT pg_advisory_xact_lock(?, ?)", self._write_key)
         except BaseException:
             self.rollback()
             raise
@@ -365,14 +409,14 @@ class PostgresStore(Store):
     def try_grant_lease(self) -> bool:
         if self._grant_held:
             return True
-        rows = self.execute("SELECT pg_try_advisory_lock(?, ?)", (_PG_GRANT_LOCK, self._key))
+        rows = self.execute("SELECT pg_try_advisory_lock(?, ?)", self._grant_key)
         self._grant_held = bool(rows[0][0])
         return self._grant_held
 
     def release_grant_lease(self) -> None:
         if self._grant_held and not self.conn.closed and not self.conn.broken:
             with contextlib.suppress(LedgerStorageError):
-                self.execute("SELECT pg_advisory_unlock(?, ?)", (_PG_GRANT_LOCK, self._key))
+                self.execute("SELECT pg_advisory_unlock(?, ?)", self._grant_key)
         self._grant_held = False
 
     def close(self) -> None:
