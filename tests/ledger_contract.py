@@ -69,6 +69,7 @@ from dpf_sched.errors import (
     InvalidBudgetError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseExpiredError,
     OverConsumptionError,
     UnknownBlockError,
     UnknownClaimError,
@@ -1257,6 +1258,88 @@ def scenario_forged_bad_capacity(make_ledger: LedgerFactory, comp: Composition) 
         _expect_refusal(f"add_block(capacity column {bad})", lambda b=block, led=ledger: led.add_block(b), ledger)
 
 
+# ----- leases (the expire operation and renewals) ---------------------------------------------------------------
+def _leased(make_ledger: LedgerFactory, comp: Composition) -> tuple[Ledger, FloatArray, FloatArray]:
+    """One fully unlocked block; claim ``c`` (lease 10) granted at t=1 and consumed in part at t=2."""
+    cap = _cap_row(comp)
+    ledger = _one_block(make_ledger, comp, cap)
+    demand, part = cap * 0.6, cap * 0.25
+    ledger.add_claim(Claim("c", {"b": make_budget(comp, demand)}, lease=10.0))
+    ledger.allocate("c", 1.0)
+    assert ledger.lease_deadline("c") == 11.0 and ledger.claim("c").lease_deadline == 11.0
+    ledger.consume("c", {"b": make_budget(comp, part)}, 2.0)
+    return ledger, cap, part
+
+
+def _refused(what: str, op: Callable[[], Any], ledger: Ledger, error: type[DpfSchedError]) -> None:
+    before = snapshot(ledger)
+    try:
+        op()
+    except error:
+        assert not snapshot_diff(before, snapshot(ledger)), f"{what} failed but changed the ledger"
+        return
+    raise AssertionError(f"{what} did not raise {error.__name__}")
+
+
+def scenario_lease_expiry_returns_remainder(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """A lapsed lease expires the claim: the unconsumed rest goes back to unlocked, the consumed part stays, the
+    claim is EXPIRED, every later use is a typed error, and the returned budget can be granted again."""
+    ledger, cap, part = _leased(make_ledger, comp)
+    _refused("expire before the deadline", lambda: ledger.expire("c", 10.5), ledger, InvalidStateError)
+    assert ledger.state("c") is ClaimState.GRANTED
+    ledger.expire("c", 11.0)
+    assert ledger.state("c") is ClaimState.EXPIRED and ledger.state("c").was_granted
+    rec = ledger.claim("c")
+    assert rec.lease_deadline == 11.0 and rec.reason == "lease expired"
+    np.testing.assert_allclose(ledger.composition.row(rec.remaining["b"]), 0.0)
+    np.testing.assert_allclose(ledger.composition.row(rec.consumed["b"]), part)
+    np.testing.assert_allclose(allocated_array(ledger)[0], 0.0, atol=1e-15)
+    np.testing.assert_allclose(ledger.unlocked[0], cap - part, rtol=1e-12)
+    np.testing.assert_allclose(ledger.consumed[0], part, rtol=1e-12)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    small = make_budget(comp, part * 0.1)
+    for what, op in (
+        ("consume", lambda: ledger.consume("c", {"b": small}, 12.0)),
+        ("consume all", lambda: ledger.consume("c", None, 12.0)),
+        ("release", lambda: ledger.release("c", 12.0)),
+        ("renew", lambda: ledger.renew("c", 12.0)),
+        ("expire again", lambda: ledger.expire("c", 12.0)),
+    ):
+        _refused(f"{what} after expiry", op, ledger, LeaseExpiredError)
+    # Everything not consumed is free again: a claim for exactly that is granted.
+    ledger.add_claim(Claim("next", {"b": make_budget(comp, cap - part)}))
+    ledger.allocate("next", 12.0)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
+def scenario_lease_renewals_keep_claim(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Each renewal moves the deadline to now + lease (never earlier): a renewed claim never expires, and ends
+    normally; a claim without a lease, a waiting one or a finished one cannot be expired."""
+    ledger, _cap, part = _leased(make_ledger, comp)
+    t = 2.0
+    for _ in range(20):
+        t += 7.0
+        assert ledger.renew("c", t) == t + 10.0
+        _refused("expire of a renewed claim", lambda t=t: ledger.expire("c", t + 9.0), ledger, InvalidStateError)
+    assert ledger.renew("c", t - 5.0) == t + 10.0  # a lagging clock does not shorten the lease
+    assert ledger.lease_deadline("c") == t + 10.0 and ledger.claim("c").lease_deadline == t + 10.0
+    ledger.release("c", t + 1.0)
+    assert ledger.state("c") is ClaimState.FINISHED
+    _refused("expire of a finished claim", lambda: ledger.expire("c", t + 100.0), ledger, InvalidStateError)
+    _refused("renew of a finished claim", lambda: ledger.renew("c", t + 2.0), ledger, InvalidStateError)
+    ledger.add_claim(Claim("plain", {"b": make_budget(comp, part)}))
+    _refused("renew of a waiting claim", lambda: ledger.renew("plain", t + 2.0), ledger, InvalidStateError)
+    assert ledger.lease_deadline("plain") is None
+    ledger.allocate("plain", t + 2.0)
+    assert ledger.renew("plain", t + 3.0) == math.inf and ledger.lease_deadline("plain") is None
+    _refused("expire without a lease", lambda: ledger.expire("plain", 1e9), ledger, InvalidStateError)
+    _refused("expire of an unknown claim", lambda: ledger.expire("nobody", 1e9), ledger, UnknownClaimError)
+    _refused("renew of an unknown claim", lambda: ledger.renew("nobody", 1e9), ledger, UnknownClaimError)
+    for bad in BAD_TIMES:
+        _refused(f"renew at {bad}", lambda bad=bad: ledger.renew("plain", bad), ledger, InvalidParameterError)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "fractional_unlocks_admit_fair_shares": scenario_fractional_unlocks_admit_fair_shares,
     "tolerance_boundary": scenario_tolerance_boundary,
@@ -1269,6 +1352,8 @@ SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "released_grants_on_unusable_orders": scenario_released_grants_on_unusable_orders,
     "consume_exact_rest_after_partial": scenario_consume_exact_rest_after_partial,
     "consume_all_after_partial": scenario_consume_all_after_partial,
+    "lease_expiry_returns_remainder": scenario_lease_expiry_returns_remainder,
+    "lease_renewals_keep_claim": scenario_lease_renewals_keep_claim,
 }
 
 __all__ = [
