@@ -267,3 +267,38 @@ def test_version_1_ledger_migrates_to_leases(tmp_path: Path) -> None:
         assert led.lease_deadline("d") == 4.0
         report = led.audit()
         assert report.ok, report.to_dict()
+
+
+def test_leader_expires_due_leases_in_one_transaction(tmp_path: Path) -> None:
+    """The service's leader expires the leases due at one step in one transaction (one commit); a claim renewed
+    or released through another connection meanwhile is skipped inside it, the others still expire."""
+    from dpf_sched.ledger.sql import open_store
+    from dpf_sched.service.leader import LeaderLedger, LeaderScheduler
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    open_ledger(url, BasicComposition()).close()
+    with LeaderLedger(open_store(url), create=False) as led, open_ledger(url) as other:
+        clock = ManualClock()
+        sched = LeaderScheduler(led, "fcfs", clock)
+        sched.add_block(Block("b", EpsDelta(1.0, 1e-6)))
+        for i in range(4):
+            sched.submit(Claim.uniform(f"c{i}", ["b"], EpsDelta(0.2, 0.0), lease=1.0))
+        sched.step()
+        other.renew("c1", 0.5)
+        other.release("c2", 0.6)
+        commits: list[int] = []
+        led._before_commit = lambda: commits.append(1)
+        clock.set(1.0)
+        sched.step()
+        assert commits == [1]
+        assert sched.states() == {
+            "c0": ClaimState.EXPIRED,
+            "c1": ClaimState.GRANTED,
+            "c2": ClaimState.FINISHED,
+            "c3": ClaimState.EXPIRED,
+        }
+        clock.set(1.5)
+        sched.step()
+        assert led.state("c1") is ClaimState.EXPIRED
+        report = led.audit()
+        assert report.ok, report.to_dict()

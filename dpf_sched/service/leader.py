@@ -68,7 +68,8 @@ class LeaderScheduler(Scheduler):
     """The leader's scheduler: the decisions of one pass are applied in one ledger transaction
     (:meth:`SqlLedger.batch`): one journal entry per grant or rejection, as always, but one commit (one fsync)
     for all of them. Nobody learns of a grant before that commit (the API reads committed rows only, and waiters
-    are woken after the step); a storage failure rolls the whole pass back and the loop steps down."""
+    are woken after the step); a storage failure rolls the whole pass back and the loop steps down. Expiries of
+    leases due at the same step share one transaction the same way."""
 
     def __init__(self, ledger: SqlLedger, policy: str, clock: Clock, **params: Any) -> None:
         super().__init__(ledger, policy, clock, **params)
@@ -79,6 +80,15 @@ class LeaderScheduler(Scheduler):
             return super()._apply(decisions, now)
         with self._sql.batch():
             return super()._apply(decisions, now)
+
+    def _expire_leases(self, now: float) -> list[str]:
+        # Two or more leases due (e.g. the lapses of a leaderless interval): one transaction, one fsync, as for a
+        # pass. An expiry refused in it (the claim was renewed or finished meanwhile) leaves the others in place.
+        heap = self._leases
+        if len(heap) < 2 or min(heap[1:3])[0] > now:
+            return super()._expire_leases(now)
+        with self._sql.batch():
+            return super()._expire_leases(now)
 
 
 class LeaderLoop:
