@@ -235,3 +235,15 @@ def test_failover_keeps_leases(db: str, tmp_path: Path) -> None:
                 s.kill()
     with open_ledger(db, create=False) as led:
         assert led.audit().ok
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "abc"])
+def test_serve_refuses_a_bad_default_lease(tmp_path: Path, value: str) -> None:
+    from click.testing import CliRunner
+
+    from dpf_sched.cli import main
+
+    db = tmp_path / "l.db"
+    result = CliRunner().invoke(main, ["serve", "--db", f"sqlite:///{db}", "--policy", "fcfs", "--lease", value])
+    assert result.exit_code == 2 and "--lease" in result.output
+    assert not db.exists()  # refused before anything was opened
