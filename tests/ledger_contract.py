@@ -10,9 +10,9 @@ Every ledger backend (memory today, SQLite / PostgreSQL later) runs the very sam
     run_state_machine_as_test(Machine, settings=...)
 
 The state machine drives random sequences of every ledger operation (add_block, unlock_to, add_claim, allocate,
-reject, consume all / part, release, retire), valid ones and bad ones. It keeps its own *model* of the ledger
-(plain numpy rows per block and per claim, written from DESIGN.md and spec/dpf.md without using the ledger's
-code) and checks:
+reject, consume all / part, release, retire, renew and expire a lease), valid ones and bad ones. It keeps its own
+*model* of the ledger (plain numpy rows per block and per claim, written from DESIGN.md and spec/dpf.md without
+using the ledger's code) and checks:
 
 * every operation either succeeds or raises a ``DpfSchedError`` subclass, and the model predicts which
   (a precise error class where the input has exactly one thing wrong with it);
@@ -186,6 +186,7 @@ def snapshot(ledger: Ledger) -> dict[str, Any]:
             rec.reason,
             remaining.tobytes(),
             consumed.tobytes(),
+            rec.lease_deadline,
         )
     return snap
 
@@ -239,6 +240,8 @@ class ModelClaim:
     granted_at: float | None = None
     decided_at: float | None = None
     reason: str | None = None
+    lease: float | None = None
+    deadline: float | None = None  # the lease deadline once granted (renewals included)
 
 
 @dataclass(frozen=True)
@@ -626,7 +629,8 @@ class LedgerContract(RuleBasedStateMachine):
                 return
             demand[b] = forge_budget(self.comp, forged)
             faults.append(InvalidBudgetError)
-        claim = Claim(claim_id, demand, arrival=data.draw(st.floats(0.0, 1e6), label="arrival"))
+        lease = data.draw(st.sampled_from([None, 5.0, 50.0]), label="lease")
+        claim = Claim(claim_id, demand, arrival=data.draw(st.floats(0.0, 1e6), label="arrival"), lease=lease)
         ok, result = self.apply(f"add_claim({claim_id})", lambda: self.ledger.add_claim(claim), expect(faults))
         if not ok:
             return
@@ -643,6 +647,7 @@ class LedgerContract(RuleBasedStateMachine):
             demand=rows,
             remaining=np.zeros_like(rows),
             consumed=np.zeros_like(rows),
+            lease=lease,
         )
 
     def guarantee_status(self, b: ModelBlock, slack: FloatArray, fp: FloatArray) -> str:
@@ -747,6 +752,8 @@ class LedgerContract(RuleBasedStateMachine):
         c.state = ClaimState.GRANTED
         c.remaining = c.demand.copy()
         c.granted_at = c.decided_at = now
+        if c.lease is not None:
+            c.deadline = now + c.lease
 
     def op_reject(self, data: st.DataObject) -> None:
         cid = self.pick_claim(data, ClaimState.WAITING)
@@ -927,6 +934,74 @@ class LedgerContract(RuleBasedStateMachine):
         c.remaining = np.zeros_like(c.remaining)
         c.state = ClaimState.FINISHED
 
+    def _lease_faults(self, c: ModelClaim | None, now_ok: bool) -> list[type[DpfSchedError]]:
+        if c is None:
+            return [UnknownClaimError]
+        faults: list[type[DpfSchedError]] = [] if now_ok else [InvalidParameterError]
+        if c.state is ClaimState.EXPIRED:
+            faults.append(LeaseExpiredError)
+        elif c.state is not ClaimState.GRANTED:
+            faults.append(InvalidStateError)
+        return faults
+
+    def op_renew(self, data: st.DataObject) -> None:
+        """A renewal moves the deadline to max(deadline, now + lease) (``inf`` without a lease) and no budget."""
+        cid = self.pick_claim(data, ClaimState.GRANTED)
+        now, now_ok = self.draw_now(data)
+        c = self.claims.get(cid)
+        before = ledger_arrays(self.ledger)
+        exp = expect(self._lease_faults(c, now_ok))
+        ok, got = self.apply(f"renew({cid})", lambda: self.ledger.renew(cid, now), exp)
+        if not ok:
+            return
+        assert c is not None
+        self.check_untouched(before, ledger_arrays(self.ledger), set(), "renew")
+        if c.lease is None:
+            assert got == math.inf, f"renew({cid}) without a lease returned {got}"
+            return
+        assert c.deadline is not None
+        c.deadline = max(c.deadline, now + c.lease)
+        assert got == c.deadline, f"renew({cid}) returned {got}, model says {c.deadline}"
+
+    def op_expire(self, data: st.DataObject) -> None:
+        """Expiry: only a granted claim with a lease whose deadline is ≤ now; the rest goes back to unlocked."""
+        leased = [c.id for c in self.claims.values() if c.state is ClaimState.GRANTED and c.deadline is not None]
+        if leased and data.draw(st.integers(0, 3), label="a granted claim with a lease (0: any)") > 0:
+            cid = data.draw(st.sampled_from(leased), label="leased claim")
+        else:
+            cid = self.pick_claim(data, ClaimState.GRANTED)
+        c = self.claims.get(cid)
+        if c is not None and c.deadline is not None and data.draw(st.integers(0, 3), label="around the deadline"):
+            now = c.deadline + data.draw(st.sampled_from([0.0, -1.0, 2.5]), label="now - deadline")
+            now_ok = True
+        else:
+            now, now_ok = self.draw_now(data)
+        faults = self._lease_faults(c, now_ok)
+        if c is not None and not faults and (c.lease is None or c.deadline is None or now < c.deadline):
+            faults.append(InvalidStateError)
+        before = ledger_arrays(self.ledger)
+        ok, _ = self.apply(f"expire({cid})", lambda: self.ledger.expire(cid, now), expect(faults))
+        if not ok:
+            return
+        assert c is not None
+        after = ledger_arrays(self.ledger)
+        self.check_untouched(before, after, set(c.idx), "expire")
+        # As a release: the unconsumed rest goes back to the unlocked pool, exactly; consumed stays.
+        for k, i in enumerate(c.idx):
+            b = self.blocks[i]
+            slack = b.tol() + b.fp() + FP_REL * np.abs(c.remaining[k])
+            back = after["unlocked"][i] - before["unlocked"][i]
+            assert np.all(np.abs(back - c.remaining[k]) <= slack), (
+                f"expire returned {back} to block {b.id}, the rest of the grant was {c.remaining[k]}"
+            )
+            assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "expire changed consumed"
+            assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "expire changed locked"
+            b.allocated = b.allocated - c.remaining[k]
+            b.churn = b.churn + np.abs(c.remaining[k])
+        c.remaining = np.zeros_like(c.remaining)
+        c.state = ClaimState.EXPIRED
+        c.reason = "lease expired"
+
     def op_unknown_lookups(self, data: st.DataObject) -> None:
         """Read-only queries on unknown ids raise the typed lookup errors and change nothing."""
         name = data.draw(st.sampled_from(["no-such-block", "", "b999"]), label="unknown id")
@@ -965,6 +1040,8 @@ class LedgerContract(RuleBasedStateMachine):
                 ("add_block", 3),
                 ("reject", 2 if waiting else 1),
                 ("retire", 1),
+                ("renew", 3 if granted else 1),
+                ("expire", 3 if granted else 1),
                 ("unknown_lookups", 1),
             ),
             label="operation",
@@ -1043,6 +1120,7 @@ class LedgerContract(RuleBasedStateMachine):
             assert state is c.state, f"claim {cid} is {state}, model says {c.state}"
             assert led.state(cid) is c.state
             assert rec.granted_at == c.granted_at and rec.decided_at == c.decided_at and rec.reason == c.reason
+            assert rec.lease_deadline == c.deadline, f"claim {cid} lease deadline {rec.lease_deadline} ≠ {c.deadline}"
             ctol = np.array([self.blocks[i].tol() + self.blocks[i].fp() for i in c.idx])
             assert np.all(np.abs(remaining - np.maximum(c.remaining, 0.0)) <= ctol), f"claim {cid} remaining"
             assert np.all(np.abs(consumed - np.maximum(c.consumed, 0.0)) <= ctol), f"claim {cid} consumed"
