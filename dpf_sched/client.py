@@ -373,7 +373,8 @@ class ServiceClient:
         :class:`InvalidStateError` for another claim that is not granted. A renewal is idempotent in effect
         (each one moves the deadline to now + lease), so retries are safe.
         """
-        return self.renew_record(claim_id).lease_deadline or math.inf
+        deadline = self.renew_record(claim_id).lease_deadline
+        return math.inf if deadline is None else deadline
 
     def renew_record(self, claim_id: str) -> ClaimRecord:
         """As :meth:`renew`, returning the claim's record after the renewal."""
