@@ -5,8 +5,7 @@ claims that arrived since then, the waiting claims' deadlines and the granted cl
 :meth:`Scheduler.step` is one instant of the model: time-driven unlocks due now, expiry of granted claims whose
 lease lapsed (their unconsumed remainder returns to the unlocked pool), rejection of waiting claims whose deadline
 has come, then one scheduling pass whose decisions are applied through the ledger (which checks the invariants
-again). The same code runs under the
-simulator's :class:`~dpf_sched.clock.ManualClock` and under the wall clock.
+again). The same code runs under the simulator's :class:`~dpf_sched.clock.ManualClock` and under the wall clock.
 """
 
 from __future__ import annotations
@@ -371,6 +370,9 @@ class Scheduler:
                     if again is not None and again > now:
                         heapq.heappush(self._leases, (again, cid))
                 continue
+            except BaseException:
+                heapq.heappush(self._leases, (deadline, cid))  # a storage failure: the lease is still watched
+                raise
             record_blocks = self.ledger.claim(cid).claim.blocks
             self._dirty.update(self.ledger.block_index(b) for b in record_blocks)
             logger.info("claim %s expired: its lease lapsed at %s", cid, deadline)

@@ -302,3 +302,24 @@ def test_leader_expires_due_leases_in_one_transaction(tmp_path: Path) -> None:
         assert led.state("c1") is ClaimState.EXPIRED
         report = led.audit()
         assert report.ok, report.to_dict()
+
+
+def test_failed_expiry_keeps_the_lease_watched(tmp_path: Path) -> None:
+    """A storage failure in the expiry's transaction changes nothing, and the next step expires the claim."""
+    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}", BasicComposition()) as led:
+        sched, clock = _scheduler(led)
+        sched.submit(Claim.uniform("job", ["b"], EpsDelta(0.5, 0.0), lease=LEASE))
+        sched.step()
+
+        def fail() -> None:
+            raise LedgerStorageError("disk full (injected)")
+
+        led._before_commit = fail
+        clock.set(LEASE)
+        with pytest.raises(LedgerStorageError, match="injected"):
+            sched.step()
+        assert led.state("job") is ClaimState.GRANTED
+        led._before_commit = None
+        sched.step()
+        assert led.state("job") is ClaimState.EXPIRED
+        assert led.audit().ok
