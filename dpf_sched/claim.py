@@ -38,6 +38,12 @@ class Claim:
         Free-form owner (tenant, pipeline); used for metrics and access control.
     weight
         Positive importance, used by weighted policies (not by DPF itself).
+    lease
+        Seconds (clock units) a *granted* claim stays granted without a renewal: on grant its lease deadline is
+        the grant time + ``lease``, each :meth:`Scheduler.renew <dpf_sched.scheduler.Scheduler.renew>` moves it
+        to now + ``lease``, and a pass after the deadline expires the claim (its unconsumed remainder returns to
+        the unlocked pool). ``None`` (the default in the library and the simulator): no lease, a grant is held
+        until it is consumed or released.
     """
 
     id: str
@@ -46,6 +52,7 @@ class Claim:
     timeout: float | None = None
     owner: str | None = None
     weight: float = 1.0
+    lease: float | None = None
     _blocks: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +94,11 @@ class Claim:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise InvalidParameterError(f"claim {self.id}: weight must be a positive finite number, got {w!r}")
         object.__setattr__(self, "weight", float(w))
+        if self.lease is not None:
+            lease = self.lease
+            if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not math.isfinite(lease) or lease <= 0:
+                raise InvalidParameterError(f"claim {self.id}: lease must be a positive finite number, got {lease!r}")
+            object.__setattr__(self, "lease", float(lease))
 
     @classmethod
     def uniform(cls, id: str, blocks: Iterable[str], demand: Budget, **kwargs: Any) -> Claim:

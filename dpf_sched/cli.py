@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -625,6 +626,13 @@ def _service_composition(kind: str | None, alphas: str | None, conversion: str) 
     return RenyiComposition(grid, conversion)
 
 
+def _claim_lease(ctx: click.Context, param: click.Parameter, value: float) -> float | None:
+    """``--lease``: a finite number of seconds ≥ 0; 0 means no default lease."""
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"must be a finite number of seconds >= 0, got {value}")
+    return None if value == 0 else float(value)
+
+
 _COMPOSITION = click.option(
     "--composition",
     "kind",
@@ -646,6 +654,15 @@ _CONVERSION = click.option("--conversion", default="classic", show_default=True,
 @click.option(
     "--lease-retry", default=0.5, show_default=True, type=click.FloatRange(min=0.01), help="Follower retry (s)."
 )
+@click.option(
+    "--lease",
+    "claim_lease",
+    default=300.0,
+    show_default=True,
+    callback=_claim_lease,
+    help="Default lease (s) of the claims created through the API: a granted claim whose holder does not renew it "
+    "within this time expires and its unspent budget returns to the pool. 0 turns the default off.",
+)
 @_COMPOSITION
 @_ALPHAS
 @_CONVERSION
@@ -658,6 +675,7 @@ def serve(
     port: int,
     poll: float,
     lease_retry: float,
+    claim_lease: float | None,
     kind: str | None,
     alphas: str | None,
     conversion: str,
@@ -678,6 +696,7 @@ def serve(
         params=parse_params(params),
         poll=poll,
         lease_retry=lease_retry,
+        lease=claim_lease,
         composition=_service_composition(kind, alphas, conversion),
     )
     app = create_app(config)

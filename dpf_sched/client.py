@@ -17,7 +17,8 @@ Why the retries are safe
 Errors
     HTTP errors become the library's typed errors, with the server's ``detail`` in the message: 404 →
     :class:`UnknownClaimError` (or :class:`UnknownBlockError` on block paths), 409 → :class:`InvalidStateError`
-    (:class:`DuplicateIdError` when creating a claim or block), 422 and 413 → :class:`InvalidParameterError`,
+    (:class:`DuplicateIdError` when creating a claim or block; :class:`LeaseExpiredError` when the server's code is
+    ``lease_expired``: the claim's lease lapsed and it expired), 422 and 413 → :class:`InvalidParameterError`,
     401/403 → :class:`ServiceAuthError`, retries exhausted → :class:`ServiceUnavailableError`, anything else →
     :class:`ServiceError`.
 
@@ -48,6 +49,7 @@ from dpf_sched.errors import (
     DuplicateIdError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseExpiredError,
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
@@ -283,8 +285,9 @@ class ServiceClient:
     def submit(self, claim: Claim, *, label: str | None = None) -> str:
         """Submit ``claim`` under its own id; returns the id.
 
-        The claim's demand, weight and timeout are sent (its arrival is the server's clock, its owner the token's
-        tenant). Resubmitting the same claim returns the existing one, which is what makes a retry safe; the same
+        The claim's demand, weight, timeout and lease are sent (its arrival is the server's clock, its owner the
+        token's tenant; without a lease of its own it gets the server's default lease, 300 s unless
+        configured). Resubmitting the same claim returns the existing one, which is what makes a retry safe; the same
         id with another demand raises :class:`DuplicateIdError`.
         """
         return self.submit_record(claim, label=label).claim.id
@@ -300,6 +303,8 @@ class ServiceClient:
         }
         if claim.timeout is not None:
             body["timeout"] = claim.timeout
+        if claim.lease is not None:
+            body["lease"] = claim.lease
         if label is not None:
             body["label"] = label
         reply = self._request("POST", "/v1/claims", json=body, conflict=DuplicateIdError)
@@ -363,6 +368,20 @@ class ServiceClient:
         """As :meth:`release`, returning the finished claim's record."""
         body = {"request_id": _request_id(request_id)}
         return self._record(self._request("POST", f"/v1/claims/{_seg(claim_id)}/release", json=body).body)
+
+    def renew(self, claim_id: str) -> float:
+        """Renew the lease of a granted claim; the new deadline (server wall-clock seconds; ``inf`` without a lease).
+
+        Raises :class:`LeaseExpiredError` when the lease already lapsed and the claim expired, and
+        :class:`InvalidStateError` for another claim that is not granted. A renewal is idempotent in effect
+        (each one moves the deadline to now + lease), so retries are safe.
+        """
+        deadline = self.renew_record(claim_id).lease_deadline
+        return math.inf if deadline is None else deadline
+
+    def renew_record(self, claim_id: str) -> ClaimRecord:
+        """As :meth:`renew`, returning the claim's record after the renewal."""
+        return self._record(self._request("POST", f"/v1/claims/{_seg(claim_id)}/renew", json={}).body)
 
     def withdraw(self, claim_id: str) -> ClaimRecord:
         """Withdraw a waiting claim (it becomes rejected, reason ``withdrawn``); its record.
@@ -471,6 +490,7 @@ class ServiceClient:
             decided = _opt_float(obj.get("decided_at"))
             granted = _opt_float(obj["granted_at"]) if "granted_at" in obj else (decided if state.was_granted else None)
             timeout = _opt_float(obj.get("timeout"))
+            lease = _opt_float(obj.get("lease"))
             claim = Claim(
                 str(obj["id"]),
                 demand,
@@ -478,7 +498,9 @@ class ServiceClient:
                 timeout=timeout if timeout is not None and timeout > 0 else None,
                 owner=obj.get("owner"),
                 weight=float(obj.get("weight", 1.0)),
+                lease=lease,
             )
+            lease_deadline = _opt_float(obj.get("lease_deadline"))
             remaining = {str(b): self._budget_in(v) for b, v in (obj.get("remaining") or {}).items()}
             consumed = {str(b): self._budget_in(v) for b, v in (obj.get("consumed") or {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
@@ -493,6 +515,7 @@ class ServiceClient:
             reason=obj.get("reason"),
             remaining=MappingProxyType(remaining),
             consumed=MappingProxyType(consumed),
+            lease_deadline=lease_deadline,
         )
 
     def _block(self, obj: Any) -> BlockBudgets:
@@ -585,6 +608,15 @@ def _detail(response: httpx.Response) -> str:
     return str(body)
 
 
+def _code(response: httpx.Response) -> str | None:
+    """The contract's error code of an error reply (``{"error": code, ...}``), if it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return str(body.get("error")) if isinstance(body, Mapping) else None
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
@@ -611,6 +643,8 @@ def _raise_for(
     if status == 404:
         raise not_found(message)
     if status == 409:
+        if _code(response) == "lease_expired":
+            raise LeaseExpiredError(message)
         raise conflict(message)
     if status in (413, 422, 400):
         raise InvalidParameterError(message)

@@ -55,6 +55,14 @@ class InvalidStateError(DpfSchedError):
     """An operation that the claim's current state does not allow (double grant, consume after release, ...)."""
 
 
+class LeaseExpiredError(InvalidStateError):
+    """The claim's lease lapsed and the scheduler expired it: its unconsumed remainder went back to the pool.
+
+    Raised by renew, consume and release on an expired claim; the holder must stop using the claim's data
+    (whatever it charged before the expiry stays charged) and claim again if it wants to go on.
+    """
+
+
 class OverConsumptionError(DpfSchedError):
     """A consumption larger than what remains of the claim's grant."""
 

@@ -1,10 +1,11 @@
 """The scheduler: ties a ledger, a policy and a clock; the single entry point for blocks, claims and time.
 
 It owns the waiting queue, the set of blocks that gained unlocked budget since the last pass ("dirty"), the
-claims that arrived since then, and the claims' deadlines. One :meth:`Scheduler.step` is one instant of the
-model: time-driven unlocks due now, expiry of claims whose deadline has come, then one scheduling pass whose
-decisions are applied through the ledger (which checks the invariants again). The same code runs under the
-simulator's :class:`~dpf_sched.clock.ManualClock` and under the wall clock.
+claims that arrived since then, the waiting claims' deadlines and the granted claims' lease deadlines. One
+:meth:`Scheduler.step` is one instant of the model: time-driven unlocks due now, expiry of granted claims whose
+lease lapsed (their unconsumed remainder returns to the unlocked pool), rejection of waiting claims whose deadline
+has come, then one scheduling pass whose decisions are applied through the ledger (which checks the invariants
+again). The same code runs under the simulator's :class:`~dpf_sched.clock.ManualClock` and under the wall clock.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Scheduler:
         self._dirty: set[int] = set()
         self._arrivals: list[QueuedClaim] = []
         self._deadlines: list[tuple[float, int]] = []
+        # (lease deadline, claim id) of granted claims with a lease. An entry may be stale (the claim was renewed,
+        # finished or expired since): when it comes due, the ledger's current deadline and state decide.
+        self._leases: list[tuple[float, str]] = []
         self._seq = 0
         self._handles: dict[str, int] = {}  # id → handle of the claims waiting in the queue
         self._last = -math.inf
@@ -118,6 +122,8 @@ class Scheduler:
             heapq.heappop(self._deadlines)
         if self._deadlines:
             times.append(self._deadlines[0][0])
+        if self._leases:
+            times.append(self._leases[0][0])
         return min(times) if times else None
 
     # ----- blocks -----------------------------------------------------------------------------------------
@@ -256,6 +262,30 @@ class Scheduler:
         depend on what others consumed.
         """
         return self.ledger.composition.possible(demand, self.ledger.consumed[idx], self.ledger.capacity[idx])
+    def adopt_lease(self, claim_id: str) -> bool:
+        """Watch the lease of a claim granted elsewhere (by an earlier scheduler loop on the same ledger).
+
+        A new leader calls it for every granted claim when it takes over: the lease length and deadline
+        (renewals included) are in the ledger, so leases survive a change of leader. Returns True when the
+        claim is granted with a lease and is now watched.
+        """
+        if self.ledger.state(claim_id) is not ClaimState.GRANTED:
+            return False
+        deadline = self.ledger.lease_deadline(claim_id)
+        if deadline is None:
+            return False
+        heapq.heappush(self._leases, (deadline, claim_id))
+        return True
+
+    def renew(self, claim_id: str) -> float:
+        """Renew a granted claim's lease: its deadline becomes now + lease. Returns the new deadline.
+
+        ``inf`` for a granted claim without a lease. An expired claim raises
+        :class:`~dpf_sched.errors.LeaseExpiredError`, any other claim that is not granted
+        :class:`~dpf_sched.errors.InvalidStateError`. A claim whose deadline passed but that no pass has expired
+        yet is still granted, and the renewal keeps it.
+        """
+        return self.ledger.renew(claim_id, self._now())
 
     def drop(self, claim_id: str) -> bool:
         """Forget a waiting claim that left the waiting state elsewhere (withdrawn or rejected by another
@@ -321,6 +351,41 @@ class Scheduler:
         return self.ledger.claim(claim_id)
 
     # ----- passes -----------------------------------------------------------------------------------------
+    def _expire_leases(self, now: float) -> list[str]:
+        """Expire the granted claims whose lease deadline is ≤ ``now``; their ids.
+
+        A due entry is checked against the ledger first: a claim that finished or expired is forgotten, one that
+        was renewed (by this process or, on a SQL ledger, any other) goes back into the heap at its new deadline.
+        """
+        out: list[str] = []
+        while self._leases and self._leases[0][0] <= now:
+            _, cid = heapq.heappop(self._leases)
+            if self.ledger.state(cid) is not ClaimState.GRANTED:
+                continue
+            deadline = self.ledger.lease_deadline(cid)
+            if deadline is None:
+                continue
+            if deadline > now:
+                heapq.heappush(self._leases, (deadline, cid))
+                continue
+            try:
+                self.ledger.expire(cid, now)
+            except InvalidStateError:
+                # Renewed, released or finished elsewhere between the check and the expiry's transaction.
+                if self.ledger.state(cid) is ClaimState.GRANTED:
+                    again = self.ledger.lease_deadline(cid)
+                    if again is not None and again > now:
+                        heapq.heappush(self._leases, (again, cid))
+                continue
+            except BaseException:
+                heapq.heappush(self._leases, (deadline, cid))  # a storage failure: the lease is still watched
+                raise
+            record_blocks = self.ledger.claim(cid).claim.blocks
+            self._dirty.update(self.ledger.block_index(b) for b in record_blocks)
+            logger.info("claim %s expired: its lease lapsed at %s", cid, deadline)
+            out.append(cid)
+        return out
+
     def _expire(self, now: float) -> list[Decision]:
         out = []
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -350,6 +415,9 @@ class Scheduler:
             q = self.queue.get(d.handle)
             if d.verdict is Verdict.GRANT:
                 self.ledger.allocate(q.id, now)
+                lease_deadline = self.ledger.lease_deadline(q.id)
+                if lease_deadline is not None:
+                    heapq.heappush(self._leases, (lease_deadline, q.id))
             elif d.verdict is Verdict.REJECT:
                 self.ledger.reject(q.id, now, d.reason or "rejected by policy")
             else:
@@ -361,11 +429,14 @@ class Scheduler:
         return out
 
     def step(self) -> list[Outcome]:
-        """One instant at the clock's time: due unlocks, expiries, then one pass. Returns what was applied."""
+        """One instant at the clock's time: due unlocks, lapsed leases, expiries, then one pass. Returns the
+        decisions applied (grants and rejections; expired leases are logged and show in the claims' states)."""
         now = self._now()
         if self._next_unlock is not None and self._next_unlock <= now:
             self._apply_unlock(self.policy.unlocker.at_time(now, self.ledger))
             self._refresh_next_unlock(now)
+        if self._leases and self._leases[0][0] <= now:
+            self._expire_leases(now)
         applied = self._apply(self._expire(now) + self._reject_retired(), now)
         if self._dirty or self._arrivals:
             ctx = PassContext(

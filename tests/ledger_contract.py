@@ -10,9 +10,9 @@ Every ledger backend (memory today, SQLite / PostgreSQL later) runs the very sam
     run_state_machine_as_test(Machine, settings=...)
 
 The state machine drives random sequences of every ledger operation (add_block, unlock_to, add_claim, allocate,
-reject, consume all / part, release, retire), valid ones and bad ones. It keeps its own *model* of the ledger
-(plain numpy rows per block and per claim, written from DESIGN.md and spec/dpf.md without using the ledger's
-code) and checks:
+reject, consume all / part, release, retire, renew and expire a lease), valid ones and bad ones. It keeps its own
+*model* of the ledger (plain numpy rows per block and per claim, written from DESIGN.md and spec/dpf.md without
+using the ledger's code) and checks:
 
 * every operation either succeeds or raises a ``DpfSchedError`` subclass, and the model predicts which
   (a precise error class where the input has exactly one thing wrong with it);
@@ -69,6 +69,7 @@ from dpf_sched.errors import (
     InvalidBudgetError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseExpiredError,
     OverConsumptionError,
     UnknownBlockError,
     UnknownClaimError,
@@ -185,6 +186,7 @@ def snapshot(ledger: Ledger) -> dict[str, Any]:
             rec.reason,
             remaining.tobytes(),
             consumed.tobytes(),
+            rec.lease_deadline,
         )
     return snap
 
@@ -238,6 +240,8 @@ class ModelClaim:
     granted_at: float | None = None
     decided_at: float | None = None
     reason: str | None = None
+    lease: float | None = None
+    deadline: float | None = None  # the lease deadline once granted (renewals included)
 
 
 @dataclass(frozen=True)
@@ -625,7 +629,8 @@ class LedgerContract(RuleBasedStateMachine):
                 return
             demand[b] = forge_budget(self.comp, forged)
             faults.append(InvalidBudgetError)
-        claim = Claim(claim_id, demand, arrival=data.draw(st.floats(0.0, 1e6), label="arrival"))
+        lease = data.draw(st.sampled_from([None, 5.0, 50.0]), label="lease")
+        claim = Claim(claim_id, demand, arrival=data.draw(st.floats(0.0, 1e6), label="arrival"), lease=lease)
         ok, result = self.apply(f"add_claim({claim_id})", lambda: self.ledger.add_claim(claim), expect(faults))
         if not ok:
             return
@@ -642,6 +647,7 @@ class LedgerContract(RuleBasedStateMachine):
             demand=rows,
             remaining=np.zeros_like(rows),
             consumed=np.zeros_like(rows),
+            lease=lease,
         )
 
     def guarantee_status(self, b: ModelBlock, slack: FloatArray, fp: FloatArray) -> str:
@@ -746,6 +752,8 @@ class LedgerContract(RuleBasedStateMachine):
         c.state = ClaimState.GRANTED
         c.remaining = c.demand.copy()
         c.granted_at = c.decided_at = now
+        if c.lease is not None:
+            c.deadline = now + c.lease
 
     def op_reject(self, data: st.DataObject) -> None:
         cid = self.pick_claim(data, ClaimState.WAITING)
@@ -926,6 +934,74 @@ class LedgerContract(RuleBasedStateMachine):
         c.remaining = np.zeros_like(c.remaining)
         c.state = ClaimState.FINISHED
 
+    def _lease_faults(self, c: ModelClaim | None, now_ok: bool) -> list[type[DpfSchedError]]:
+        if c is None:
+            return [UnknownClaimError]
+        faults: list[type[DpfSchedError]] = [] if now_ok else [InvalidParameterError]
+        if c.state is ClaimState.EXPIRED:
+            faults.append(LeaseExpiredError)
+        elif c.state is not ClaimState.GRANTED:
+            faults.append(InvalidStateError)
+        return faults
+
+    def op_renew(self, data: st.DataObject) -> None:
+        """A renewal moves the deadline to max(deadline, now + lease) (``inf`` without a lease) and no budget."""
+        cid = self.pick_claim(data, ClaimState.GRANTED)
+        now, now_ok = self.draw_now(data)
+        c = self.claims.get(cid)
+        before = ledger_arrays(self.ledger)
+        exp = expect(self._lease_faults(c, now_ok))
+        ok, got = self.apply(f"renew({cid})", lambda: self.ledger.renew(cid, now), exp)
+        if not ok:
+            return
+        assert c is not None
+        self.check_untouched(before, ledger_arrays(self.ledger), set(), "renew")
+        if c.lease is None:
+            assert got == math.inf, f"renew({cid}) without a lease returned {got}"
+            return
+        assert c.deadline is not None
+        c.deadline = max(c.deadline, now + c.lease)
+        assert got == c.deadline, f"renew({cid}) returned {got}, model says {c.deadline}"
+
+    def op_expire(self, data: st.DataObject) -> None:
+        """Expiry: only a granted claim with a lease whose deadline is ≤ now; the rest goes back to unlocked."""
+        leased = [c.id for c in self.claims.values() if c.state is ClaimState.GRANTED and c.deadline is not None]
+        if leased and data.draw(st.integers(0, 3), label="a granted claim with a lease (0: any)") > 0:
+            cid = data.draw(st.sampled_from(leased), label="leased claim")
+        else:
+            cid = self.pick_claim(data, ClaimState.GRANTED)
+        c = self.claims.get(cid)
+        if c is not None and c.deadline is not None and data.draw(st.integers(0, 3), label="around the deadline"):
+            now = c.deadline + data.draw(st.sampled_from([0.0, -1.0, 2.5]), label="now - deadline")
+            now_ok = True
+        else:
+            now, now_ok = self.draw_now(data)
+        faults = self._lease_faults(c, now_ok)
+        if c is not None and not faults and (c.lease is None or c.deadline is None or now < c.deadline):
+            faults.append(InvalidStateError)
+        before = ledger_arrays(self.ledger)
+        ok, _ = self.apply(f"expire({cid})", lambda: self.ledger.expire(cid, now), expect(faults))
+        if not ok:
+            return
+        assert c is not None
+        after = ledger_arrays(self.ledger)
+        self.check_untouched(before, after, set(c.idx), "expire")
+        # As a release: the unconsumed rest goes back to the unlocked pool, exactly; consumed stays.
+        for k, i in enumerate(c.idx):
+            b = self.blocks[i]
+            slack = b.tol() + b.fp() + FP_REL * np.abs(c.remaining[k])
+            back = after["unlocked"][i] - before["unlocked"][i]
+            assert np.all(np.abs(back - c.remaining[k]) <= slack), (
+                f"expire returned {back} to block {b.id}, the rest of the grant was {c.remaining[k]}"
+            )
+            assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "expire changed consumed"
+            assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "expire changed locked"
+            b.allocated = b.allocated - c.remaining[k]
+            b.churn = b.churn + np.abs(c.remaining[k])
+        c.remaining = np.zeros_like(c.remaining)
+        c.state = ClaimState.EXPIRED
+        c.reason = "lease expired"
+
     def op_unknown_lookups(self, data: st.DataObject) -> None:
         """Read-only queries on unknown ids raise the typed lookup errors and change nothing."""
         name = data.draw(st.sampled_from(["no-such-block", "", "b999"]), label="unknown id")
@@ -964,6 +1040,8 @@ class LedgerContract(RuleBasedStateMachine):
                 ("add_block", 3),
                 ("reject", 2 if waiting else 1),
                 ("retire", 1),
+                ("renew", 3 if granted else 1),
+                ("expire", 3 if granted else 1),
                 ("unknown_lookups", 1),
             ),
             label="operation",
@@ -1042,6 +1120,7 @@ class LedgerContract(RuleBasedStateMachine):
             assert state is c.state, f"claim {cid} is {state}, model says {c.state}"
             assert led.state(cid) is c.state
             assert rec.granted_at == c.granted_at and rec.decided_at == c.decided_at and rec.reason == c.reason
+            assert rec.lease_deadline == c.deadline, f"claim {cid} lease deadline {rec.lease_deadline} ≠ {c.deadline}"
             ctol = np.array([self.blocks[i].tol() + self.blocks[i].fp() for i in c.idx])
             assert np.all(np.abs(remaining - np.maximum(c.remaining, 0.0)) <= ctol), f"claim {cid} remaining"
             assert np.all(np.abs(consumed - np.maximum(c.consumed, 0.0)) <= ctol), f"claim {cid} consumed"
@@ -1257,6 +1336,88 @@ def scenario_forged_bad_capacity(make_ledger: LedgerFactory, comp: Composition) 
         _expect_refusal(f"add_block(capacity column {bad})", lambda b=block, led=ledger: led.add_block(b), ledger)
 
 
+# ----- leases (the expire operation and renewals) ---------------------------------------------------------------
+def _leased(make_ledger: LedgerFactory, comp: Composition) -> tuple[Ledger, FloatArray, FloatArray]:
+    """One fully unlocked block; claim ``c`` (lease 10) granted at t=1 and consumed in part at t=2."""
+    cap = _cap_row(comp)
+    ledger = _one_block(make_ledger, comp, cap)
+    demand, part = cap * 0.6, cap * 0.25
+    ledger.add_claim(Claim("c", {"b": make_budget(comp, demand)}, lease=10.0))
+    ledger.allocate("c", 1.0)
+    assert ledger.lease_deadline("c") == 11.0 and ledger.claim("c").lease_deadline == 11.0
+    ledger.consume("c", {"b": make_budget(comp, part)}, 2.0)
+    return ledger, cap, part
+
+
+def _refused(what: str, op: Callable[[], Any], ledger: Ledger, error: type[DpfSchedError]) -> None:
+    before = snapshot(ledger)
+    try:
+        op()
+    except error:
+        assert not snapshot_diff(before, snapshot(ledger)), f"{what} failed but changed the ledger"
+        return
+    raise AssertionError(f"{what} did not raise {error.__name__}")
+
+
+def scenario_lease_expiry_returns_remainder(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """A lapsed lease expires the claim: the unconsumed rest goes back to unlocked, the consumed part stays, the
+    claim is EXPIRED, every later use is a typed error, and the returned budget can be granted again."""
+    ledger, cap, part = _leased(make_ledger, comp)
+    _refused("expire before the deadline", lambda: ledger.expire("c", 10.5), ledger, InvalidStateError)
+    assert ledger.state("c") is ClaimState.GRANTED
+    ledger.expire("c", 11.0)
+    assert ledger.state("c") is ClaimState.EXPIRED and ledger.state("c").was_granted
+    rec = ledger.claim("c")
+    assert rec.lease_deadline == 11.0 and rec.reason == "lease expired"
+    np.testing.assert_allclose(ledger.composition.row(rec.remaining["b"]), 0.0)
+    np.testing.assert_allclose(ledger.composition.row(rec.consumed["b"]), part)
+    np.testing.assert_allclose(allocated_array(ledger)[0], 0.0, atol=1e-15)
+    np.testing.assert_allclose(ledger.unlocked[0], cap - part, rtol=1e-12)
+    np.testing.assert_allclose(ledger.consumed[0], part, rtol=1e-12)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    small = make_budget(comp, part * 0.1)
+    for what, op in (
+        ("consume", lambda: ledger.consume("c", {"b": small}, 12.0)),
+        ("consume all", lambda: ledger.consume("c", None, 12.0)),
+        ("release", lambda: ledger.release("c", 12.0)),
+        ("renew", lambda: ledger.renew("c", 12.0)),
+        ("expire again", lambda: ledger.expire("c", 12.0)),
+    ):
+        _refused(f"{what} after expiry", op, ledger, LeaseExpiredError)
+    # Everything not consumed is free again: a claim for exactly that is granted.
+    ledger.add_claim(Claim("next", {"b": make_budget(comp, cap - part)}))
+    ledger.allocate("next", 12.0)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
+def scenario_lease_renewals_keep_claim(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Each renewal moves the deadline to now + lease (never earlier): a renewed claim never expires, and ends
+    normally; a claim without a lease, a waiting one or a finished one cannot be expired."""
+    ledger, _cap, part = _leased(make_ledger, comp)
+    t = 2.0
+    for _ in range(20):
+        t += 7.0
+        assert ledger.renew("c", t) == t + 10.0
+        _refused("expire of a renewed claim", lambda t=t: ledger.expire("c", t + 9.0), ledger, InvalidStateError)
+    assert ledger.renew("c", t - 5.0) == t + 10.0  # a lagging clock does not shorten the lease
+    assert ledger.lease_deadline("c") == t + 10.0 and ledger.claim("c").lease_deadline == t + 10.0
+    ledger.release("c", t + 1.0)
+    assert ledger.state("c") is ClaimState.FINISHED
+    _refused("expire of a finished claim", lambda: ledger.expire("c", t + 100.0), ledger, InvalidStateError)
+    _refused("renew of a finished claim", lambda: ledger.renew("c", t + 2.0), ledger, InvalidStateError)
+    ledger.add_claim(Claim("plain", {"b": make_budget(comp, part)}))
+    _refused("renew of a waiting claim", lambda: ledger.renew("plain", t + 2.0), ledger, InvalidStateError)
+    assert ledger.lease_deadline("plain") is None
+    ledger.allocate("plain", t + 2.0)
+    assert ledger.renew("plain", t + 3.0) == math.inf and ledger.lease_deadline("plain") is None
+    _refused("expire without a lease", lambda: ledger.expire("plain", 1e9), ledger, InvalidStateError)
+    _refused("expire of an unknown claim", lambda: ledger.expire("nobody", 1e9), ledger, UnknownClaimError)
+    _refused("renew of an unknown claim", lambda: ledger.renew("nobody", 1e9), ledger, UnknownClaimError)
+    for bad in BAD_TIMES:
+        _refused(f"renew at {bad}", lambda bad=bad: ledger.renew("plain", bad), ledger, InvalidParameterError)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "fractional_unlocks_admit_fair_shares": scenario_fractional_unlocks_admit_fair_shares,
     "tolerance_boundary": scenario_tolerance_boundary,
@@ -1269,6 +1430,8 @@ SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "released_grants_on_unusable_orders": scenario_released_grants_on_unusable_orders,
     "consume_exact_rest_after_partial": scenario_consume_exact_rest_after_partial,
     "consume_all_after_partial": scenario_consume_all_after_partial,
+    "lease_expiry_returns_remainder": scenario_lease_expiry_returns_remainder,
+    "lease_renewals_keep_claim": scenario_lease_renewals_keep_claim,
 }
 
 __all__ = [

@@ -20,7 +20,13 @@ from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve, budget_jso
 from dpf_sched.claim import Claim
 from dpf_sched.clock import ManualClock
 from dpf_sched.composition import RenyiComposition
-from dpf_sched.errors import DpfSchedError, InvalidStateError, UnknownBlockError, UnknownClaimError
+from dpf_sched.errors import (
+    DpfSchedError,
+    InvalidStateError,
+    LeaseExpiredError,
+    UnknownBlockError,
+    UnknownClaimError,
+)
 from dpf_sched.ledger import ClaimRecord, ClaimState, MemoryLedger
 from dpf_sched.scheduler import Scheduler
 from dpf_sched.selector import BlockSelector
@@ -43,6 +49,8 @@ class FakeService:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     labels: dict[str, str | None] = field(default_factory=dict)
+    #: The lease of a claim created without one (the real service's ``--lease``; ``None`` here by default).
+    default_lease: float | None = None
 
     def __post_init__(self) -> None:
         self.clock = ManualClock()
@@ -65,6 +73,8 @@ class FakeService:
             return self.route(request, parts, body, tenant, admin)
         except (UnknownClaimError, UnknownBlockError) as exc:
             return error(404, "not_found", str(exc))
+        except LeaseExpiredError as exc:
+            return error(409, "lease_expired", str(exc))
         except InvalidStateError as exc:
             return error(409, "conflict", str(exc))
         except DpfSchedError as exc:
@@ -117,6 +127,8 @@ class FakeService:
                 self.sched.ledger.release(full, now, request_id=body["request_id"])
             elif action == "withdraw":
                 self.sched.withdraw(full)
+            elif action == "renew":
+                self.sched.renew(full)
             return httpx.Response(200, json=self.claim_out(full))
         return error(404, "not_found", f"no route {m} {'/'.join(parts)}")
 
@@ -128,7 +140,14 @@ class FakeService:
                 return error(409, "conflict", f"claim {cid} exists with another body")
             return httpx.Response(200, json=self.claim_out(full))
         demand = {b: self.budget(v) for b, v in body["demands"].items()}
-        claim = Claim(full, demand, timeout=body.get("timeout"), owner=tenant, weight=body.get("weight", 1.0))
+        claim = Claim(
+            full,
+            demand,
+            timeout=body.get("timeout"),
+            owner=tenant,
+            weight=body.get("weight", 1.0),
+            lease=body.get("lease", self.default_lease),
+        )
         self.sched.submit(claim)
         self.sched.step()
         self.bodies[full] = body
@@ -158,6 +177,8 @@ class FakeService:
             "consumed": {b: budget_json(v) for b, v in r.consumed.items()},
             "weight": r.claim.weight,
             "label": self.labels.get(full),
+            "lease": r.claim.lease,
+            "lease_deadline": r.lease_deadline,
         }
 
     def block_out(self, bid: str) -> dict[str, Any]:

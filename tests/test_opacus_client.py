@@ -130,6 +130,10 @@ class RecordingClient:
         self.calls.append("release")
         self.inner.release(claim_id)
 
+    def renew(self, claim_id: str) -> float:
+        self.calls.append("renew")
+        return self.inner.renew(claim_id)
+
 
 def test_any_budget_client_plugs_in() -> None:
     sched, data = scheduler(blocks=2)

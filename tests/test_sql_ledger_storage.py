@@ -27,7 +27,7 @@ from dpf_sched.errors import (
 )
 from dpf_sched.ledger import ClaimState, MemoryLedger
 from dpf_sched.ledger.sql import open_ledger
-from dpf_sched.ledger.sql.schema import MIGRATIONS
+from dpf_sched.ledger.sql.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def _ledger_with_grant(url: str) -> None:
@@ -104,8 +104,10 @@ def test_schema_from_the_future_is_refused_unchanged(tmp_path: Path) -> None:
 def test_migrate_forward_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
     _ledger_with_grant(url)
-    # Pretend the library moved to schema 2; without a migration step, opening is refused and changes nothing.
-    monkeypatch.setattr(sql_ledger_mod, "SCHEMA_VERSION", 2)
+    # Pretend the library moved to the next schema; without a migration step, opening is refused and changes
+    # nothing.
+    nxt = SCHEMA_VERSION + 1
+    monkeypatch.setattr(sql_ledger_mod, "SCHEMA_VERSION", nxt)
     with pytest.raises(SchemaVersionError, match="no migration"):
         open_ledger(url)
     ran: list[int] = []
@@ -114,9 +116,9 @@ def test_migrate_forward_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ran.append(1)
         ex.execute("CREATE TABLE dpf_extra (x INTEGER)")  # type: ignore[attr-defined]
 
-    monkeypatch.setitem(MIGRATIONS, 1, step)
+    monkeypatch.setitem(MIGRATIONS, SCHEMA_VERSION, step)
     with open_ledger(url) as led:
-        assert ran == [1] and led.schema_version() == 2
+        assert ran == [1] and led.schema_version() == nxt
         assert led.audit().ok
         assert led.state("c") is ClaimState.GRANTED
     with open_ledger(url) as led:  # already migrated: the step does not run again

@@ -7,6 +7,7 @@ operations and the buckets they move budget between::
     allocate    unlocked  → allocated       (one claim, atomically on all of its blocks)
     consume     allocated → consumed        (part or all of a grant)
     release     allocated → unlocked        (what a finished claim did not consume)
+    expire      allocated → unlocked        (what a claim whose lease lapsed did not consume)
     reject      a waiting claim leaves without budget
     retire      a block stops serving new claims and grants
 """
@@ -31,17 +32,22 @@ IntArray = NDArray[np.int64]
 
 
 class ClaimState(StrEnum):
-    """Life cycle of a claim: WAITING → GRANTED → FINISHED, or WAITING → REJECTED."""
+    """Life cycle of a claim: WAITING → GRANTED → FINISHED | EXPIRED, or WAITING → REJECTED.
+
+    EXPIRED: the claim's lease lapsed without a renewal and a scheduler pass returned its unconsumed remainder
+    to the unlocked pool (what it consumed stays consumed).
+    """
 
     WAITING = "waiting"
     GRANTED = "granted"
     REJECTED = "rejected"
     FINISHED = "finished"
+    EXPIRED = "expired"
 
     @property
     def was_granted(self) -> bool:
-        """True for claims that received their grant (whether or not they have finished)."""
-        return self in (ClaimState.GRANTED, ClaimState.FINISHED)
+        """True for claims that received their grant (whether or not they have finished or expired)."""
+        return self in (ClaimState.GRANTED, ClaimState.FINISHED, ClaimState.EXPIRED)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class ClaimRecord:
     reason: str | None
     remaining: Mapping[str, Budget]
     consumed: Mapping[str, Budget]
+    #: When a granted claim with a lease expires unless renewed (``None`` without a lease or before the grant);
+    #: for an expired claim, the deadline that lapsed.
+    lease_deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +238,25 @@ class Ledger(ABC):
 
         ``request_id`` makes a retry safe, as for :meth:`consume`.
         """
+
+    @abstractmethod
+    def renew(self, claim_id: str, now: float) -> float:
+        """Move a granted claim's lease deadline to ``now + lease`` (never earlier than it was); the new deadline.
+
+        A granted claim without a lease returns ``inf`` (it never expires). An expired claim raises
+        :class:`~dpf_sched.errors.LeaseExpiredError`, any other non-granted one
+        :class:`~dpf_sched.errors.InvalidStateError`. A renewal moves no budget.
+        """
+
+    @abstractmethod
+    def lease_deadline(self, claim_id: str) -> float | None:
+        """The claim's current lease deadline (renewals included), ``None`` without a lease or before a grant."""
+
+    @abstractmethod
+    def expire(self, claim_id: str, now: float) -> None:
+        """End a granted claim whose lease deadline is ≤ ``now``: its unconsumed remainder returns to the unlocked
+        pool and it becomes EXPIRED. A claim without a lease, or whose deadline is still ahead (it was renewed),
+        raises :class:`~dpf_sched.errors.InvalidStateError` and changes nothing."""
 
     @abstractmethod
     def state(self, claim_id: str) -> ClaimState:

@@ -25,6 +25,7 @@ from dpf_sched.errors import (
     InvalidBudgetError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseExpiredError,
     OverConsumptionError,
     UnknownBlockError,
     UnknownClaimError,
@@ -57,6 +58,7 @@ class _ClaimEntry:
     granted_at: float | None = None
     decided_at: float | None = None
     reason: str | None = None
+    lease_deadline: float | None = None
 
 
 def _check_row(rows: FloatArray, what: str) -> None:
@@ -324,6 +326,8 @@ class MemoryLedger(Ledger):
         e.remaining = e.demand.copy()
         e.state = ClaimState.GRANTED
         e.granted_at = e.decided_at = now
+        if e.claim.lease is not None:
+            e.lease_deadline = now + e.claim.lease
 
     def reject(self, claim_id: str, now: float, reason: str) -> None:
         e = self._entry(claim_id)
@@ -335,6 +339,10 @@ class MemoryLedger(Ledger):
         e.reason = str(reason)
 
     def _require_granted(self, e: _ClaimEntry, op: str) -> None:
+        if e.state is ClaimState.EXPIRED:
+            raise LeaseExpiredError(
+                f"claim {e.claim.id} expired (its lease lapsed at {e.lease_deadline}); cannot {op}"
+            )
         if e.state is ClaimState.FINISHED:
             raise InvalidStateError(f"claim {e.claim.id} is finished; cannot {op} again")
         if e.state is not ClaimState.GRANTED:
@@ -442,6 +450,50 @@ class MemoryLedger(Ledger):
         if request_id is not None:
             self._requests[request_id] = ("release", claim_id, None)
 
+    # ----- leases ------------------------------------------------------------------------------------------
+    def renew(self, claim_id: str, now: float) -> float:
+        e = self._entry(claim_id)
+        now = check_time("time", now)
+        self._require_granted(e, "renew")
+        lease = e.claim.lease
+        if lease is None:
+            return math.inf
+        assert e.lease_deadline is not None
+        # Never earlier than it was: a renewal stamped by a host whose clock lags must not shorten the lease.
+        e.lease_deadline = max(e.lease_deadline, now + lease)
+        return e.lease_deadline
+
+    def lease_deadline(self, claim_id: str) -> float | None:
+        return self._entry(claim_id).lease_deadline
+
+    def expire(self, claim_id: str, now: float, *, deadline: float | None = None) -> None:
+        """As :meth:`Ledger.expire`. ``deadline`` is the deadline that lapsed as a durable ledger stored it (the
+        SQL ledger keeps renewals outside its journal, and journals the deadline with the expiry): it must be
+        finite, no earlier than the deadline this ledger knows (grant time + lease, or its last renewal), and
+        ≤ ``now``."""
+        e = self._entry(claim_id)
+        now = check_time("time", now)
+        self._require_granted(e, "expire")
+        if e.claim.lease is None or e.lease_deadline is None:
+            raise InvalidStateError(f"claim {claim_id} has no lease; it cannot expire")
+        d = e.lease_deadline
+        if deadline is not None:
+            given = check_time("lease deadline", deadline)
+            if given < d:
+                raise InvalidStateError(
+                    f"claim {claim_id}: expiry deadline {given} is earlier than its lease allows ({d})"
+                )
+            d = given
+        if now < d:
+            raise InvalidStateError(f"claim {claim_id}: its lease runs until {d}, not expired at {now}")
+        idx = e.idx
+        self._allocated[idx] -= e.remaining
+        self._unlocked[idx] += e.remaining
+        e.remaining = self._zero(e.remaining.shape)
+        e.state = ClaimState.EXPIRED
+        e.lease_deadline = d
+        e.reason = "lease expired"
+
     def state(self, claim_id: str) -> ClaimState:
         return self._entry(claim_id).state
 
@@ -460,6 +512,7 @@ class MemoryLedger(Ledger):
             reason=e.reason,
             remaining=MappingProxyType({b: v(e.remaining[k]) for k, b in enumerate(e.claim.blocks)}),
             consumed=MappingProxyType({b: v(e.consumed[k]) for k, b in enumerate(e.claim.blocks)}),
+            lease_deadline=e.lease_deadline,
         )
 
     def claim_ids(self) -> Iterator[str]:
@@ -484,6 +537,8 @@ class MemoryLedger(Ledger):
                 if e.remaining.any() or e.consumed.any():
                     out.append(InvariantViolation(3, f"claim {cid}", "holds budget without a grant"))
                 continue
+            if e.state in (ClaimState.FINISHED, ClaimState.EXPIRED) and e.remaining.any():
+                out.append(InvariantViolation(4, f"claim {cid}", f"{e.state.value} but still holds budget"))
             np.add.at(alloc, e.idx, e.remaining)
             np.add.at(cons, e.idx, e.consumed)
             np.add.at(through, e.idx, e.demand)

@@ -43,6 +43,7 @@ from dpf_sched.errors import (
     InvalidBudgetError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseExpiredError,
     LedgerStorageError,
     OverConsumptionError,
     UnknownBlockError,
@@ -67,6 +68,7 @@ from dpf_sched.service.models import (
     Health,
     Ready,
     ReleaseRequest,
+    RenewRequest,
     SelectRequest,
     WithdrawRequest,
     block_out,
@@ -91,6 +93,8 @@ DEFAULT_WAIT = 30.0
 _LABEL_CACHE = 100_000
 #: Seconds a token found live is trusted without a new lookup: the bound on how late a revocation takes effect.
 TOKEN_TTL = 1.0
+#: Default lease (seconds) of a claim created through the API (`dpf-sched serve --lease`; docs/service.md).
+DEFAULT_LEASE = 300.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class ServiceConfig:
     """How one `dpf-sched serve` process runs.
 
     ``composition`` creates the ledger when the database holds none (``None``: basic); ``run_leader=False``
-    serves the API without ever scheduling (tests, read replicas).
+    serves the API without ever scheduling (tests, read replicas). ``lease`` is the lease of a claim whose
+    create request names none (``None``: such claims get no lease).
     """
 
     db: str
@@ -111,6 +116,7 @@ class ServiceConfig:
     composition: Composition | None = None
     run_leader: bool = True
     token_ttl: float = TOKEN_TTL
+    lease: float | None = DEFAULT_LEASE
 
 
 # ----- errors: one place maps the library's typed errors to HTTP ------------------------------------------------
@@ -127,6 +133,7 @@ class ApiError(Exception):
 #: (error class, status, code), first match wins.
 ERROR_MAP: tuple[tuple[type[DpfSchedError], int, str], ...] = (
     (UnknownClaimError, 404, "not_found"),
+    (LeaseExpiredError, 409, "lease_expired"),
     (DuplicateIdError, 409, "conflict"),
     (InvalidStateError, 409, "conflict"),
     (OverConsumptionError, 409, "conflict"),
@@ -379,6 +386,9 @@ class Service:
             fields["timeout"] = body.timeout
         if body.weight is not None:
             fields["weight"] = body.weight
+        lease = body.lease if body.lease is not None else self.config.lease
+        if lease is not None:
+            fields["lease"] = lease
         if (body.demand is None) == (body.demands is None):
             raise InvalidParameterError("a claim needs exactly one of 'demand' (with blocks or selector) or 'demands'")
         if body.demands is not None:
@@ -516,6 +526,17 @@ class Service:
                 if led.has_request(rid):
                     raise ApiError(409, "conflict", f"request id {request_id!r} was used elsewhere") from e
                 raise
+
+    def renew(self, p: Principal, public_id: str) -> ClaimOut:
+        """Renew the lease of the caller's granted claim (deadline = now + lease); 409 when it is not granted
+        (``lease_expired`` when its lease already lapsed). Not journaled: one short durable write."""
+        lid = f"{p.tenant}/{public_id}"
+        with self.lock:
+            try:
+                self.ledger.renew(lid, self.now())
+            except UnknownClaimError:
+                raise _not_found(public_id) from None
+        return self.out(p, public_id)
 
     def withdraw(self, p: Principal, public_id: str) -> ClaimOut:
         """Withdraw the caller's waiting claim (rejected, reason ``withdrawn``); 409 when it is not waiting."""
@@ -790,6 +811,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def release_claim(claim_id: str, body: ReleaseRequest, p: Auth) -> ClaimOut:
         """Return the unspent rest of the grant and finish the claim; idempotent per request id."""
         return await blocking(lambda: svc.release(p, claim_id, body))
+
+    @app.post("/v1/claims/{claim_id}/renew", response_model=ClaimOut, tags=["claims"], responses=_STATE_ERRORS)
+    async def renew_claim(claim_id: str, p: Auth, body: RenewRequest | None = None) -> ClaimOut:
+        """Renew the lease of a granted claim: its deadline becomes now + lease. Not granted → 409
+        (``lease_expired`` once the lease lapsed and the scheduler returned the rest of the grant)."""
+        return await blocking(lambda: svc.renew(p, claim_id))
 
     @app.post("/v1/claims/{claim_id}/withdraw", response_model=ClaimOut, tags=["claims"], responses=_STATE_ERRORS)
     async def withdraw_claim(claim_id: str, p: Auth, body: WithdrawRequest | None = None) -> ClaimOut:

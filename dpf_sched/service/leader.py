@@ -12,13 +12,17 @@ A new leader builds its scheduler from the ledger alone (nothing is handed over)
 2. every claim ever submitted, in submission order: the unlocker's arrival rule (DPF-N counts arrivals per
    block), whatever the claim's state — unlocks only raise fractions, so re-applying what the previous leader
    already applied changes nothing;
-3. every waiting claim, in submission order, enqueued with its original arrival and deadline (``adopt``).
+3. every waiting claim, in submission order, enqueued with its original arrival and deadline (``adopt``);
+4. every granted claim with a lease: its lease is watched from the deadline stored in the ledger (the grant time
+   + lease, or the last renewal, which every API process writes to the ledger's lease table), so a lease granted
+   by the previous leader still expires, and a renewed one does not (``adopt_lease``).
 
 Then, each poll, it adopts what other processes wrote, learned from the journal entries its ledger replays
-(:attr:`SqlLedger.observer`): new blocks (``adopt_block``), new claims (``adopt``), releases and unlocks (their
-blocks are marked dirty), rejections (withdrawals: ``drop``); then it runs one :meth:`Scheduler.step` (timed
-unlocks, expiry of claims past their deadline, one pass). Grants are ledger transactions that re-check that the
-claim waits and fits, so a grant can never be duplicated, even if two loops believed they were leaders.
+(:attr:`SqlLedger.observer`): new blocks (``adopt_block``), new claims (``adopt``), releases, expiries and unlocks
+(their blocks are marked dirty), rejections (withdrawals: ``drop``); then it runs one :meth:`Scheduler.step` (timed
+unlocks, expiry of granted claims whose lease lapsed, rejection of waiting claims past their deadline, one pass).
+Grants are ledger transactions that re-check that the claim waits and fits, so a grant can never be duplicated,
+even if two loops believed they were leaders.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class LeaderScheduler(Scheduler):
     """The leader's scheduler: the decisions of one pass are applied in one ledger transaction
     (:meth:`SqlLedger.batch`): one journal entry per grant or rejection, as always, but one commit (one fsync)
     for all of them. Nobody learns of a grant before that commit (the API reads committed rows only, and waiters
-    are woken after the step); a storage failure rolls the whole pass back and the loop steps down."""
+    are woken after the step); a storage failure rolls the whole pass back and the loop steps down. Expiries of
+    leases due at the same step share one transaction the same way."""
 
     def __init__(self, ledger: SqlLedger, policy: str, clock: Clock, **params: Any) -> None:
         super().__init__(ledger, policy, clock, **params)
@@ -87,6 +92,15 @@ class LeaderScheduler(Scheduler):
             return super()._apply(decisions, now)
         with self._sql.batch():
             return super()._apply(decisions, now)
+
+    def _expire_leases(self, now: float) -> list[str]:
+        # Two or more leases due (e.g. the lapses of a leaderless interval): one transaction, one fsync, as for a
+        # pass. An expiry refused in it (the claim was renewed or finished meanwhile) leaves the others in place.
+        heap = self._leases
+        if len(heap) < 2 or min(heap[1:3])[0] > now:
+            return super()._expire_leases(now)
+        with self._sql.batch():
+            return super()._expire_leases(now)
 
 
 class LeaderLoop:
@@ -209,22 +223,26 @@ class LeaderLoop:
         for block in list(led.blocks()):
             sched.adopt_block(block.id)
         waiting = []
+        leases = 0
         for cid in list(led.claim_ids()):
             record = led.claim(cid)
             sched.replay_arrival(record)
             if record.state is ClaimState.WAITING:
                 waiting.append(record)
+            elif record.state is ClaimState.GRANTED and record.lease_deadline is not None:
+                leases += sched.adopt_lease(cid)
         for record in waiting:
             sched.adopt(record, arrival_unlock=False)
         self._sched = sched
         self.error = None
         self._leader.set()
         logger.info(
-            "took the grant lease on %s: policy %s, %d blocks, %d waiting claims adopted",
+            "took the grant lease on %s: policy %s, %d blocks, %d waiting claims and %d claim leases adopted",
             led.describe(),
             sched.policy.describe(),
             led.n_blocks,
             len(waiting),
+            leases,
         )
         return True
 
@@ -249,9 +267,12 @@ class LeaderLoop:
                     sched.adopt(record)
                 else:  # rejected at once by its submitter (impossible demand): its arrival still counts
                     sched.replay_arrival(record)
-            elif op in ("reject", "allocate"):
+            elif op == "reject":
                 sched.drop(str(p["claim"]))
-            elif op == "release":
+            elif op == "allocate":  # granted by another loop (an earlier leader's last pass): watch its lease
+                sched.drop(str(p["claim"]))
+                sched.adopt_lease(str(p["claim"]))
+            elif op in ("release", "expire"):
                 sched.mark_dirty(list(led.claim(str(p["claim"])).claim.blocks))
             elif op == "unlock":
                 blocks = list(led.blocks())

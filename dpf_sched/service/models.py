@@ -133,6 +133,7 @@ class ClaimCreate(_Body):
     selector: SelectorIn | None = None
     weight: Number | None = None
     timeout: Number | None = None
+    lease: Number | None = None
     label: Annotated[str, Field(strict=True, max_length=200)] | None = None
 
 
@@ -153,6 +154,10 @@ class WithdrawRequest(_Body):
     """``POST /v1/claims/{id}/withdraw`` (an empty object)."""
 
 
+class RenewRequest(_Body):
+    """``POST /v1/claims/{id}/renew`` (an empty object; the body may be omitted)."""
+
+
 class ClaimOut(BaseModel):
     """A claim as its owner sees it."""
 
@@ -168,6 +173,8 @@ class ClaimOut(BaseModel):
     consumed: dict[str, dict[str, Any]]
     weight: float
     label: str | None
+    lease: float | None = None
+    lease_deadline: float | None = None
 
 
 class ClaimList(BaseModel):
@@ -302,6 +309,8 @@ def claim_out(public_id: str, record: ClaimRecord, comp: Composition, label: str
         consumed={b: budget_json(v) for b, v in record.consumed.items()},
         weight=c.weight,
         label=label,
+        lease=c.lease,
+        lease_deadline=record.lease_deadline,
     )
 
 

@@ -42,6 +42,7 @@ STATUS = {
     ClaimState.WAITING: "waiting",
     ClaimState.GRANTED: "granted",
     ClaimState.FINISHED: "granted",
+    ClaimState.EXPIRED: "granted",
     ClaimState.REJECTED: "rejected",
 }
 

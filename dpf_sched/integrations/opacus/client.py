@@ -71,6 +71,15 @@ class BudgetClient(Protocol):
         """Return the unspent rest of a grant and finish the claim."""
         ...
 
+    def renew(self, claim_id: str) -> float:
+        """Renew the lease of a granted claim (deadline = now + lease); the new deadline (``inf`` without a lease).
+
+        Raises :class:`~dpf_sched.errors.LeaseExpiredError` once the lease lapsed and the claim expired (its
+        unspent budget went back to the pool), :class:`~dpf_sched.errors.InvalidStateError` for another claim
+        that is not granted. :class:`~dpf_sched.integrations.opacus.lease.LeaseRenewer` calls it from a thread.
+        """
+        ...
+
 
 class SchedulerClient:
     """:class:`BudgetClient` over an in-process :class:`~dpf_sched.scheduler.Scheduler` (single-threaded).
@@ -133,6 +142,9 @@ class SchedulerClient:
 
     def release(self, claim_id: str) -> None:
         self.scheduler.release(claim_id)
+
+    def renew(self, claim_id: str) -> float:
+        return self.scheduler.renew(claim_id)
 
 
 def _as_client(client: BudgetClient | Scheduler) -> BudgetClient:

@@ -24,13 +24,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from dpf_sched.block import Block
+from dpf_sched.block import Block, check_time
 from dpf_sched.budget import AlphaGrid, Budget, EpsDelta
 from dpf_sched.claim import Claim
 from dpf_sched.composition import BasicComposition, Composition, RenyiComposition
@@ -39,6 +39,7 @@ from dpf_sched.errors import (
     DpfSchedError,
     GrantLeaseError,
     InvalidParameterError,
+    InvalidStateError,
     LedgerStorageError,
     SchemaVersionError,
 )
@@ -127,6 +128,7 @@ def apply_entry(mem: MemoryLedger, op: str, payload: Mapping[str, Any]) -> None:
                 timeout=payload["timeout"],
                 owner=payload["owner"],
                 weight=payload["weight"],
+                lease=payload.get("lease"),
             )
         )
     elif op == "allocate":
@@ -143,6 +145,10 @@ def apply_entry(mem: MemoryLedger, op: str, payload: Mapping[str, Any]) -> None:
         )
     elif op == "release":
         mem.release(payload["claim"], payload["now"], request_id=payload.get("request_id"))
+    elif op == "expire":
+        # The deadline that lapsed (renewals are not journaled): the replay checks that it is no earlier than
+        # the grant time + lease and no later than the expiry's time.
+        mem.expire(payload["claim"], payload["now"], deadline=payload["deadline"])
     else:
         raise LedgerStorageError(f"unknown journal operation {op!r}")
 
@@ -656,6 +662,8 @@ class SqlLedger(Ledger):
                 "owner": claim.owner,
                 "weight": claim.weight,
             }
+            if claim.lease is not None:
+                payload["lease"] = claim.lease
             return "add_claim", payload, None
 
         return self._write(lambda m: m.add_claim(claim), record, before)
@@ -682,6 +690,12 @@ class SqlLedger(Ledger):
 
         def record(_: None) -> tuple[str, dict[str, Any], None]:
             self._put_claim_and_blocks(claim_id)
+            e = self._mem._entry(claim_id)
+            if e.claim.lease is not None and e.lease_deadline is not None:
+                self._store.execute(
+                    "INSERT INTO dpf_leases (id, lease, deadline, renewed_at) VALUES (?, ?, ?, ?)",
+                    (claim_id, e.claim.lease, e.lease_deadline, e.granted_at),
+                )
             return "allocate", {"claim": claim_id, "now": float(now)}, None
 
         self._write(lambda m: m.allocate(claim_id, now), record)
@@ -733,6 +747,77 @@ class SqlLedger(Ledger):
 
         self._write(run, record)
 
+    # ----- leases -------------------------------------------------------------------------------------------
+    def _stored_deadline(self, claim_id: str) -> float:
+        rows = self._store.execute("SELECT deadline FROM dpf_leases WHERE id = ?", (claim_id,))
+        if not rows or rows[0][0] is None:
+            raise LedgerStorageError(f"{self._store.describe()}: granted claim {claim_id} has a lease but no lease row")
+        return float(rows[0][0])
+
+    def renew(self, claim_id: str, now: float) -> float:
+        """As :meth:`Ledger.renew`: one short write transaction that updates the claim's row of ``dpf_leases``.
+
+        Not journaled (a renewal moves no budget; see docs/ledger.md, "Leases"), but committed (durably) before
+        it returns, so a scheduler loop of another process, or a new leader, sees it.
+        """
+        st = self._store
+        in_batch = self._batch_depth > 0
+        if not in_batch:
+            st.begin_write()
+        try:
+            if not in_batch:
+                self._catch_up()
+            m = self._mem
+            e = m._entry(claim_id)  # an unknown claim first, as the memory ledger checks
+            now = check_time("time", now)
+            m._require_granted(e, "renew")
+            lease = e.claim.lease
+            if lease is None:
+                if not in_batch:
+                    st.rollback()
+                return math.inf
+            deadline = max(self._stored_deadline(claim_id), now + lease)
+            st.execute("UPDATE dpf_leases SET deadline = ?, renewed_at = ? WHERE id = ?", (deadline, now, claim_id))
+            if not in_batch:
+                st.commit()
+        except BaseException:
+            if not in_batch:
+                st.rollback()
+            raise
+        return deadline
+
+    def lease_deadline(self, claim_id: str) -> float | None:
+        """The claim's lease deadline as stored now (renewals by any process included)."""
+        m = self._sync()
+        e = m._entry(claim_id)
+        if e.claim.lease is None or not e.state.was_granted:
+            return None
+        return self._stored_deadline(claim_id)
+
+    def expire(self, claim_id: str, now: float) -> None:
+        """As :meth:`Ledger.expire`; one transaction and one journal entry that records the deadline that lapsed.
+
+        The deadline is read inside the write transaction, so a renewal committed before it wins (the claim is
+        then not expired: :class:`~dpf_sched.errors.InvalidStateError`), and one after it finds the claim expired.
+        """
+        now = check_time("time", now)
+        lapsed: list[float] = []
+
+        def run(m: MemoryLedger) -> None:
+            e = m._entry(claim_id)
+            m._require_granted(e, "expire")
+            if e.claim.lease is None:
+                raise InvalidStateError(f"claim {claim_id} has no lease; it cannot expire")
+            lapsed.append(self._stored_deadline(claim_id))
+            m.expire(claim_id, now, deadline=lapsed[0])
+
+        def record(_: None) -> tuple[str, dict[str, Any], None]:
+            self._put_claim_and_blocks(claim_id)
+            self._store.execute("UPDATE dpf_leases SET deadline = ? WHERE id = ?", (lapsed[0], claim_id))
+            return "expire", {"claim": claim_id, "now": float(now), "deadline": lapsed[0]}, None
+
+        self._write(run, record)
+
     def has_request(self, request_id: str) -> bool:
         """True when a consume or release with this request id is in the ledger (committed)."""
         return self._sync().has_request(request_id)
@@ -744,7 +829,10 @@ class SqlLedger(Ledger):
         return self._sync().status(claim_id)
 
     def claim(self, claim_id: str) -> ClaimRecord:
-        return self._sync().claim(claim_id)
+        record = self._sync().claim(claim_id)
+        if record.lease_deadline is not None:  # the mirror knows the journal's deadline, not later renewals
+            record = replace(record, lease_deadline=self._stored_deadline(claim_id))
+        return record
 
     def claim_ids(self) -> Iterator[str]:
         return self._sync().claim_ids()
@@ -778,6 +866,7 @@ class SqlLedger(Ledger):
                 "SELECT pos, id, state, granted_at, decided_at, reason, demand, remaining, consumed "
                 "FROM dpf_claims ORDER BY pos"
             )
+            leases = st.execute("SELECT id, lease, deadline FROM dpf_leases ORDER BY id")
         finally:
             st.rollback()
         if version != SCHEMA_VERSION:
@@ -794,6 +883,7 @@ class SqlLedger(Ledger):
                 break
         problems.extend(self._compare_blocks(mem, blocks))
         problems.extend(self._compare_claims(mem, claims))
+        problems.extend(self._compare_leases(mem, leases))
         violations = list(mem.violations()) + self._stored_violations(blocks, _throughput(mem))
         return AuditReport(
             where=st.describe(),
@@ -851,6 +941,35 @@ class SqlLedger(Ledger):
                 stored = from_blob(r[k], w)
                 if stored.shape != arr.shape or not np.array_equal(stored, arr):
                     out.append(f"claim {cid}: stored {name} {stored.tolist()} ≠ journal's {np.asarray(arr).tolist()}")
+        return out
+
+    def _compare_leases(self, mem: MemoryLedger, rows: list[tuple[Any, ...]]) -> list[str]:
+        """Every granted claim with a lease has a row with its lease; the stored deadline is no earlier than the
+        journal's (grant time + lease: renewals only move it later), and an expired claim's is the one its
+        expiry journaled."""
+        out: list[str] = []
+        stored = {str(r[0]): (r[1], r[2]) for r in rows}
+        for cid in mem.claim_ids():
+            e = mem._entry(cid)
+            if e.claim.lease is None or not e.state.was_granted:
+                continue
+            row = stored.pop(cid, None)
+            if row is None:
+                out.append(f"claim {cid}: granted with a lease of {e.claim.lease} but has no lease row")
+                continue
+            lease, deadline = row
+            if lease is None or float(lease) != e.claim.lease:
+                out.append(f"claim {cid}: stored lease {lease} ≠ journal's {e.claim.lease}")
+            want = e.lease_deadline
+            assert want is not None
+            if deadline is None or not math.isfinite(float(deadline)):
+                out.append(f"claim {cid}: stored lease deadline {deadline} is not a time")
+            elif e.state is ClaimState.EXPIRED and float(deadline) != want:
+                out.append(f"claim {cid}: stored lease deadline {deadline} ≠ the one its expiry journaled ({want})")
+            elif float(deadline) < want:
+                out.append(f"claim {cid}: stored lease deadline {deadline} is earlier than its grant allows ({want})")
+        for cid in stored:
+            out.append(f"lease row for claim {cid}, which is not a granted claim with a lease in the journal")
         return out
 
     def _stored_violations(

@@ -9,6 +9,10 @@ Tables (``{blob}`` is ``BLOB`` on SQLite and ``BYTEA`` on PostgreSQL, ``{real}``
   (unique: a retried request is applied once).
 * ``dpf_blocks`` / ``dpf_claims`` — the current state, derivable from the journal; budget rows are stored as
   little-endian float64 bytes (exact), written in the same transaction as the journal entry that changed them.
+* ``dpf_leases`` — one row per granted claim that has a lease: its length, its current deadline and the time of
+  its last renewal. Written with the ``allocate`` and ``expire`` journal entries, and updated in place (without
+  a journal entry) by each renewal: renewals move no budget, and journaling one every lease/3 seconds per job
+  would make them most of the journal (docs/ledger.md, "Leases"). Added in schema version 2.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 #: The schema version this library writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The ``dpf_meta`` application tag that marks a database as a dpf_sched ledger.
 APPLICATION = "dpf_sched-ledger"
 #: Every table of the schema.
-TABLES = ("dpf_schema_version", "dpf_meta", "dpf_journal", "dpf_blocks", "dpf_claims")
+TABLES = ("dpf_schema_version", "dpf_meta", "dpf_journal", "dpf_blocks", "dpf_claims", "dpf_leases")
+
+_LEASES = """CREATE TABLE dpf_leases (
+        id TEXT NOT NULL PRIMARY KEY,
+        lease {real} NOT NULL,
+        deadline {real} NOT NULL,
+        renewed_at {real} NOT NULL
+    )"""
 
 _DDL = (
     "CREATE TABLE dpf_schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_at {real} NOT NULL)",
@@ -65,6 +76,7 @@ _DDL = (
         consumed {blob} NOT NULL,
         seq BIGINT NOT NULL
     )""",
+    _LEASES,
 )
 
 
@@ -80,7 +92,15 @@ class Executor(Protocol):
         """Run ``sql`` with ``?`` placeholders; return the rows (empty for statements without results)."""
 
 
+def _v1_to_v2(ex: Executor) -> None:
+    """Schema 2 adds the lease table (a version-1 ledger has no claim with a lease, so it starts empty).
+
+    ``DOUBLE PRECISION`` is an IEEE float64 on PostgreSQL and has REAL affinity on SQLite.
+    """
+    ex.execute(_LEASES.format(real="DOUBLE PRECISION"))
+
+
 #: Forward migrations: ``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``, inside the one
-#: transaction that also records the new version. Empty while there is only version 1; a change of schema adds
-#: its step here and raises :data:`SCHEMA_VERSION`.
-MIGRATIONS: dict[int, Callable[[Executor], None]] = {}
+#: transaction that also records the new version; a change of schema adds its step here and raises
+#: :data:`SCHEMA_VERSION`.
+MIGRATIONS: dict[int, Callable[[Executor], None]] = {1: _v1_to_v2}
