@@ -59,7 +59,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from dpf_sched.block import Block
 from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
-from dpf_sched.composition import Composition, RenyiComposition
+from dpf_sched.composition import MAX_CAPACITY, Composition, RenyiComposition
 from dpf_sched.errors import (
     AlphaGridMismatchError,
     CompositionMismatchError,
@@ -1257,7 +1257,46 @@ def scenario_forged_bad_capacity(make_ledger: LedgerFactory, comp: Composition) 
         _expect_refusal(f"add_block(capacity column {bad})", lambda b=block, led=ledger: led.add_block(b), ledger)
 
 
+def scenario_capacity_limit(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Capacities up to ``MAX_CAPACITY`` are audited correctly; above it (1e308: sums overflow) they are refused.
+
+    Issue 14 finding 5: two blocks of ε = 1e308 (or a Rényi block of 1e308 at every order) made the audit report
+    a non-finite unlocked budget on a sound ledger.
+    """
+
+    def row(x: float) -> FloatArray:
+        r = np.full(comp.width, x)
+        if not isinstance(comp, RenyiComposition):
+            r[1] = 1e-6 * min(x / MAX_CAPACITY, 1.0)  # δ stays below 1
+        return r
+
+    ledger = make_ledger(comp)
+    for k in range(3):
+        ledger.add_block(Block(f"b{k}", make_budget(comp, row(MAX_CAPACITY))))
+    ledger.unlock_to([0, 1, 2], [1.0, 1.0, 0.5])
+    ledger.add_claim(Claim("c", {f"b{k}": make_budget(comp, row(MAX_CAPACITY / 2)) for k in range(3)}))
+    ledger.allocate("c", 0.0)
+    ledger.consume("c", {"b0": make_budget(comp, row(MAX_CAPACITY / 4))})
+    ledger.add_claim(Claim("d", {"b1": make_budget(comp, row(MAX_CAPACITY / 2))}))
+    ledger.allocate("d", 0.0)
+    ledger.release("d")
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    for bad in (float(np.nextafter(MAX_CAPACITY, math.inf)), 1e308):
+        big = row(1.0)
+        big[0] = bad
+        block = Block("big", make_budget(comp, big))
+        before = snapshot(ledger)
+        try:
+            ledger.add_block(block)
+        except InvalidBudgetError as e:
+            assert "above the maximum" in str(e)
+        else:
+            raise AssertionError(f"a capacity of {bad!r} was accepted")
+        assert not snapshot_diff(before, snapshot(ledger))
+
+
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
+    "capacity_limit": scenario_capacity_limit,
     "fractional_unlocks_admit_fair_shares": scenario_fractional_unlocks_admit_fair_shares,
     "tolerance_boundary": scenario_tolerance_boundary,
     "repeated_within_tolerance_consumption": scenario_repeated_within_tolerance_consumption,
