@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sql_ledger_support import PG_SKIP, SchemaPool
 
 from dpf_sched.block import Block
 from dpf_sched.budget import EpsDelta
@@ -35,21 +37,27 @@ from dpf_sched.ledger.sql import SqlLedger, open_ledger
 ARRAYS = ("capacity", "locked", "unlocked", "allocated", "consumed", "unlocked_fraction", "created", "retired_mask")
 
 
-@pytest.fixture(params=["memory", "sql"])
-def make(request: pytest.FixtureRequest, url: str) -> Iterator[Callable[[], Ledger]]:
-    """A factory of fresh basic ledgers: MemoryLedger, or the SQL ledger at ``url`` (SQLite and PostgreSQL)."""
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=PG_SKIP)])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
+    """A factory of fresh basic ledgers: MemoryLedger, SQLite or PostgreSQL."""
     opened: list[SqlLedger] = []
+    pool = SchemaPool()
+    counter = iter(range(1000))
 
     def factory() -> Ledger:
         if request.param == "memory":
             return MemoryLedger(BasicComposition())
+        url = pool.url() if request.param == "postgresql" else f"sqlite:///{tmp_path / f'l{next(counter)}.db'}"
         led = open_ledger(url, BasicComposition())
         opened.append(led)
         return led
 
-    yield factory
-    for led in opened:
-        led.close()
+    try:
+        yield factory
+    finally:
+        for led in opened:
+            led.close()
+        pool.close()
 
 
 def _one_block(led: Ledger) -> Ledger:
