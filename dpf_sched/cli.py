@@ -589,10 +589,14 @@ def ledger_show(url: str, delta: float | None, as_json: bool) -> None:
 @_DB
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ledger_audit(url: str, as_json: bool) -> None:
-    """Replay the journal, compare with the stored state, check every invariant; exit 1 on any discrepancy."""
+    """Replay the journal, compare with the stored state, check every invariant; exit 1 on any discrepancy.
+
+    Exit 2 (``error: ...``) when the database cannot be read as a ledger at all.
+    """
     from dpf_sched.ledger.sql import open_ledger
 
-    with open_ledger(url, create=False) as led:
+    # replay=False: a journal entry that does not replay is one of the audit's problems, not a failure to open.
+    with open_ledger(url, create=False, replay=False) as led:
         report = led.audit()
     if as_json:
         click.echo(json.dumps(report.to_dict()))

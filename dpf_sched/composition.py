@@ -32,6 +32,12 @@ BoolArray = NDArray[np.bool_]
 #: Relative tolerance of every budget comparison (see module docstring).
 REL_TOL = 1e-9
 
+#: The largest capacity a block may have in any column (docs/ledger.md, "Limits"). Far beyond any meaningful
+#: privacy budget, and small enough that every sum the ledger, the policies and the audit form over blocks, claims
+#: and buckets stays finite: near the float64 maximum (1.8e308) two blocks of 1e308 already sum to infinity, and
+#: the audit then reported a sound ledger as broken.
+MAX_CAPACITY = 1e100
+
 
 class Composition(ABC):
     """The composition rule of one ledger: its columns and its fit / guarantee / share arithmetic."""
@@ -173,6 +179,10 @@ class RenyiComposition(Composition):
 
 
 def check_capacity(comp: Composition, row: FloatArray, what: str) -> None:
-    """Refuse a block capacity that could never serve anything (all zero)."""
+    """Refuse a block capacity that could never serve anything (all zero) or exceeds :data:`MAX_CAPACITY`."""
     if not np.any(row > 0):
         raise InvalidBudgetError(f"{what} has zero capacity at every dimension")
+    if np.any(row > MAX_CAPACITY):
+        raise InvalidBudgetError(
+            f"{what} has a capacity of {float(np.max(row)):.6g}, above the maximum {MAX_CAPACITY:g} per dimension"
+        )

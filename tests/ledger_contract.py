@@ -59,7 +59,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from dpf_sched.block import Block
 from dpf_sched.budget import AlphaGrid, Budget, EpsDelta, RenyiCurve
 from dpf_sched.claim import Claim
-from dpf_sched.composition import Composition, RenyiComposition
+from dpf_sched.composition import MAX_CAPACITY, Composition, RenyiComposition
 from dpf_sched.errors import (
     AlphaGridMismatchError,
     CompositionMismatchError,
@@ -237,6 +237,7 @@ class ModelClaim:
     state: ClaimState = ClaimState.WAITING
     remaining: FloatArray = field(default_factory=lambda: np.zeros(0))
     consumed: FloatArray = field(default_factory=lambda: np.zeros(0))
+    reported: FloatArray = field(default_factory=lambda: np.zeros(0))  # Σ amounts asked, before clipping
     granted_at: float | None = None
     decided_at: float | None = None
     reason: str | None = None
@@ -648,6 +649,7 @@ class LedgerContract(RuleBasedStateMachine):
             remaining=np.zeros_like(rows),
             consumed=np.zeros_like(rows),
             lease=lease,
+            reported=np.zeros_like(rows),
         )
 
     def guarantee_status(self, b: ModelBlock, slack: FloatArray, fp: FloatArray) -> str:
@@ -681,22 +683,16 @@ class LedgerContract(RuleBasedStateMachine):
     def consume_status(self, c: ModelClaim, amt: FloatArray) -> str:
         """'yes' / 'no' / 'borderline': may a granted claim consume ``amt`` (rows per claim block)?
 
-        The tolerance absorbs rounding only: at most ``tol`` over what remains and over the whole grant
-        (not per call), and a consumption beyond the grant never takes a block outside its guarantee.
+        The tolerance absorbs rounding only: at most ``tol`` over what remains and over the whole grant (the
+        sum of the amounts asked, not per call). Within it the ledger books exactly the rest (clip, don't
+        overshoot), so a consumption never takes a block outside its guarantee.
         """
         status = []
-        excess = False
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
             fp = b.fp() + FP_REL * (np.abs(amt[k]) + np.abs(c.demand[k]))
-            for slack in (c.remaining[k] + b.tol() - amt[k], c.demand[k] + b.tol() - c.consumed[k] - amt[k]):
+            for slack in (c.remaining[k] + b.tol() - amt[k], c.demand[k] + b.tol() - c.reported[k] - amt[k]):
                 status.append("yes" if np.all(slack >= fp) else "no" if np.any(slack < -fp) else "borderline")
-            excess = excess or bool(np.any(amt[k] > c.remaining[k]))
-        if excess:
-            for k, i in enumerate(c.idx):
-                b = self.blocks[i]
-                spent = b.allocated - np.minimum(amt[k], c.remaining[k]) + b.consumed + amt[k]
-                status.append(self.guarantee_status(b, b.cap + b.tol() - spent, b.fp() + FP_REL * np.abs(amt[k])))
         return _combine(status)
 
     def op_allocate(self, data: st.DataObject) -> None:
@@ -735,7 +731,9 @@ class LedgerContract(RuleBasedStateMachine):
         assert fit != "no", f"allocate({cid}) granted a demand that the model says does not fit"
         after = ledger_arrays(self.ledger)
         self.check_untouched(before, after, set(c.idx), "allocate")
-        # Invariant 3: exactly the demand, on every block of the claim, moved U → A.
+        # Invariant 3: exactly the demand, on every block of the claim, moved U → A (clipped to what is unlocked
+        # where the demand is over it by no more than the tolerance: never past the capacity).
+        grants = []
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
             slack = b.tol() + b.fp() + FP_REL * np.abs(c.demand[k])
@@ -747,10 +745,14 @@ class LedgerContract(RuleBasedStateMachine):
             assert np.all(np.abs(before["unlocked"][i] - after["unlocked"][i] - c.demand[k]) <= slack)
             assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "allocate changed locked"
             assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "allocate changed consumed"
-            b.allocated = b.allocated + c.demand[k]
+            u = b.unlocked()
+            clip = (c.demand[k] > u) & (u >= 0) & (c.demand[k] <= u + b.tol())
+            grant = np.where(clip, np.maximum(u, 0.0), c.demand[k])
+            grants.append(grant)
+            b.allocated = b.allocated + grant
             b.churn = b.churn + c.demand[k]
         c.state = ClaimState.GRANTED
-        c.remaining = c.demand.copy()
+        c.remaining = np.array(grants)
         c.granted_at = c.decided_at = now
         if c.lease is not None:
             c.deadline = now + c.lease
@@ -886,16 +888,19 @@ class LedgerContract(RuleBasedStateMachine):
         self.check_untouched(before, after, set(c.idx), "consume")
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
-            from_alloc = np.minimum(amt[k], c.remaining[k])
+            booked = np.minimum(amt[k], c.remaining[k])  # clip, don't overshoot
             slack = b.tol() + b.fp() + FP_REL * np.abs(amt[k])
             moved = after["consumed"][i] - before["consumed"][i]
             assert np.all(np.abs(moved - amt[k]) <= slack), f"consume moved {moved} on {b.id}, asked {amt[k]}"
+            assert np.all(moved <= np.maximum(before["allocated"][i], 0.0) + b.fp()), "consume booked beyond the grant"
             assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "consume changed locked"
-            b.allocated = b.allocated - from_alloc
-            b.consumed = b.consumed + amt[k]
+            assert after["unlocked"][i].tobytes() == before["unlocked"][i].tobytes(), "consume changed unlocked"
+            b.allocated = b.allocated - booked
+            b.consumed = b.consumed + booked
             b.churn = b.churn + np.abs(amt[k])
-            c.remaining[k] = c.remaining[k] - from_alloc
-            c.consumed[k] = c.consumed[k] + amt[k]
+            c.remaining[k] = c.remaining[k] - booked
+            c.consumed[k] = c.consumed[k] + booked
+            c.reported[k] = c.reported[k] + amt[k]
         if amounts is None:
             c.state = ClaimState.FINISHED
         return True
@@ -1091,9 +1096,10 @@ class LedgerContract(RuleBasedStateMachine):
         assert np.all(np.abs(L + U + A + C - cap) <= tol + fp), f"L+U+A+C - cap = {L + U + A + C - cap}"
         for name, bucket in (("locked", L), ("allocated", A), ("consumed", C)):
             assert np.all(bucket >= -(tol + fp)), f"{name} is negative: {bucket}"
-        # Invariant 2: no overspend.
+        # Invariant 2: no overspend, not even within the tolerance (clip, don't overshoot): only float rounding of
+        # the sums (fp, ~1e-14 relative) separates A + C from the capacity.
         spent = A + C
-        fits = spent <= cap * (1.0 + REL_TOL)
+        fits = spent <= cap + fp
         ok_rows = np.any(fits & (cap > 0), axis=1) if self.renyi else np.all(fits, axis=1)
         assert np.all(ok_rows), f"overspend on blocks {np.flatnonzero(~ok_rows)}: A+C={spent}, cap={cap}"
         # The model: buckets.
@@ -1124,9 +1130,8 @@ class LedgerContract(RuleBasedStateMachine):
             ctol = np.array([self.blocks[i].tol() + self.blocks[i].fp() for i in c.idx])
             assert np.all(np.abs(remaining - np.maximum(c.remaining, 0.0)) <= ctol), f"claim {cid} remaining"
             assert np.all(np.abs(consumed - np.maximum(c.consumed, 0.0)) <= ctol), f"claim {cid} consumed"
-            # Invariant 4: never consume more than the grant (up to the tolerance, once).
-            allowed = c.demand + np.array([self.blocks[i].tol() + self.blocks[i].fp() for i in c.idx])
-            assert np.all(consumed <= allowed), f"claim {cid} consumed {consumed} > demand {c.demand}"
+            # Invariant 4: never consume more than the grant, not even within the tolerance (clip).
+            assert np.all(consumed <= c.demand), f"claim {cid} consumed {consumed} > demand {c.demand}"
             if not c.state.was_granted:
                 assert not remaining.any() and not consumed.any(), f"claim {cid} holds budget without a grant"
 
@@ -1230,7 +1235,60 @@ def scenario_tolerance_stacking_overspend(make_ledger: LedgerFactory, comp: Comp
         ledger.consume("c", {"b": make_budget(comp, cap * (1.0 + 1.8 * REL_TOL))})
     assert ledger.violations() == [], [str(v) for v in ledger.violations()]
     spent = np.asarray(ledger.consumed)[0] + allocated_array(ledger)[0]
-    assert np.all(spent <= cap * (1.0 + REL_TOL)), f"spent {spent} of capacity {cap}"
+    assert np.all(spent <= cap), f"spent {spent} of capacity {cap}"  # not even within the tolerance
+
+
+def scenario_clip_within_tolerance(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Stored values never exceed the capacity or the grant, even within the tolerance (issue 14 finding 10).
+
+    The finding: capacity 1.0, grant 1.0, consume 1.000000001 was accepted and the block's consumed was above its
+    capacity. Within the tolerance the ledger books exactly what is there (clip); beyond it, it refuses; and the
+    slack is once per grant, not once per call.
+    """
+    cap = _cap_row(comp)
+    over = cap * (1.0 + 0.999 * REL_TOL)
+    if not isinstance(comp, RenyiComposition):
+        cap, over = np.array([1.0, 1e-6]), np.array([1.000000001, 1e-6])  # the finding's exact numbers
+    # A consumption over the grant by less than the tolerance: booked as exactly the grant.
+    ledger = _one_block(make_ledger, comp, cap)
+    ledger.add_claim(Claim("c", {"b": make_budget(comp, cap)}))
+    ledger.allocate("c", 0.0)
+    ledger.consume("c", {"b": make_budget(comp, over)})
+    consumed = np.asarray(ledger.consumed)[0]
+    assert np.array_equal(consumed, cap), f"consumed {consumed.tolist()} ≠ capacity {cap.tolist()}"
+    assert np.array_equal(ledger.composition.row(ledger.claim("c").consumed["b"]), cap)
+    assert not allocated_array(ledger)[0].any() and np.array_equal(np.asarray(ledger.unlocked)[0], 0 * cap)
+    # Once more, now that nothing remains: the tolerance was used up by the first call.
+    before = snapshot(ledger)
+    try:
+        ledger.consume("c", {"b": make_budget(comp, cap * 0.5 * REL_TOL)})
+    except OverConsumptionError:
+        pass
+    else:
+        raise AssertionError("a second consumption within the tolerance was accepted after the grant was spent")
+    assert not snapshot_diff(before, snapshot(ledger))
+    # A demand over the unlocked budget by less than the tolerance: granted exactly what is unlocked.
+    ledger = _one_block(make_ledger, comp, cap)
+    ledger.add_claim(Claim("d", {"b": make_budget(comp, over)}))
+    ledger.allocate("d", 0.0)
+    allocated = allocated_array(ledger)[0]
+    assert np.array_equal(allocated, cap), f"allocated {allocated.tolist()} ≠ capacity {cap.tolist()}"
+    assert np.all(np.asarray(ledger.unlocked)[0] >= 0.0)
+    ledger.consume("d", {"b": make_budget(comp, over)})  # the whole demand, as the claim believes it has it
+    assert np.array_equal(np.asarray(ledger.consumed)[0], cap)
+    # Beyond the tolerance: refused, nothing changes.
+    ledger = _one_block(make_ledger, comp, cap)
+    ledger.add_claim(Claim("e", {"b": make_budget(comp, cap)}))
+    ledger.allocate("e", 0.0)
+    before = snapshot(ledger)
+    try:
+        ledger.consume("e", {"b": make_budget(comp, cap * (1.0 + 2.0 * REL_TOL))})
+    except OverConsumptionError:
+        pass
+    else:
+        raise AssertionError("a consumption beyond the tolerance was accepted")
+    assert not snapshot_diff(before, snapshot(ledger))
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
 
 
 def scenario_released_grants_on_unusable_orders(make_ledger: LedgerFactory, comp: Composition) -> None:
@@ -1416,9 +1474,47 @@ def scenario_lease_renewals_keep_claim(make_ledger: LedgerFactory, comp: Composi
     for bad in BAD_TIMES:
         _refused(f"renew at {bad}", lambda bad=bad: ledger.renew("plain", bad), ledger, InvalidParameterError)
     assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+def scenario_capacity_limit(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Capacities up to ``MAX_CAPACITY`` are audited correctly; above it (1e308: sums overflow) they are refused.
+
+    Issue 14 finding 5: two blocks of ε = 1e308 (or a Rényi block of 1e308 at every order) made the audit report
+    a non-finite unlocked budget on a sound ledger.
+    """
+
+    def row(x: float) -> FloatArray:
+        r = np.full(comp.width, x)
+        if not isinstance(comp, RenyiComposition):
+            r[1] = 1e-6 * min(x / MAX_CAPACITY, 1.0)  # δ stays below 1
+        return r
+
+    ledger = make_ledger(comp)
+    for k in range(3):
+        ledger.add_block(Block(f"b{k}", make_budget(comp, row(MAX_CAPACITY))))
+    ledger.unlock_to([0, 1, 2], [1.0, 1.0, 0.5])
+    ledger.add_claim(Claim("c", {f"b{k}": make_budget(comp, row(MAX_CAPACITY / 2)) for k in range(3)}))
+    ledger.allocate("c", 0.0)
+    ledger.consume("c", {"b0": make_budget(comp, row(MAX_CAPACITY / 4))})
+    ledger.add_claim(Claim("d", {"b1": make_budget(comp, row(MAX_CAPACITY / 2))}))
+    ledger.allocate("d", 0.0)
+    ledger.release("d")
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    for bad in (float(np.nextafter(MAX_CAPACITY, math.inf)), 1e308):
+        big = row(1.0)
+        big[0] = bad
+        block = Block("big", make_budget(comp, big))
+        before = snapshot(ledger)
+        try:
+            ledger.add_block(block)
+        except InvalidBudgetError as e:
+            assert "above the maximum" in str(e)
+        else:
+            raise AssertionError(f"a capacity of {bad!r} was accepted")
+        assert not snapshot_diff(before, snapshot(ledger))
 
 
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
+    "capacity_limit": scenario_capacity_limit,
+    "clip_within_tolerance": scenario_clip_within_tolerance,
     "fractional_unlocks_admit_fair_shares": scenario_fractional_unlocks_admit_fair_shares,
     "tolerance_boundary": scenario_tolerance_boundary,
     "repeated_within_tolerance_consumption": scenario_repeated_within_tolerance_consumption,

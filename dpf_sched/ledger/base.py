@@ -119,7 +119,9 @@ class Ledger(ABC):
     """Backend-independent ledger interface. Implementations must keep the invariants of DESIGN.md.
 
     Blocks are addressed by id in the public operations; the dense index of a block (its row in the arrays
-    the read-only view exposes) is stable for the ledger's lifetime.
+    the read-only view exposes) is stable for the ledger's lifetime. Those arrays, and every array an operation
+    returns, are immutable snapshots that no caller can make writable (DESIGN.md, invariant 7): read the property
+    again after an operation to see its effect.
     """
 
     composition: Composition

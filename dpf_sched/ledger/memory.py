@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,6 +55,9 @@ class _ClaimEntry:
     demand: FloatArray
     remaining: FloatArray
     consumed: FloatArray
+    #: Σ of the amounts the caller's consumptions reported, before clipping (what bounds the rounding slack
+    #: over the whole grant). Not stored in the SQL tables: the journal's replay rebuilds it.
+    reported: FloatArray
     state: ClaimState = ClaimState.WAITING
     granted_at: float | None = None
     decided_at: float | None = None
@@ -78,10 +82,19 @@ def _claim_tolerance(cap: FloatArray, demand: FloatArray) -> FloatArray:
     return np.asarray(np.where(cap > 0, cap * REL_TOL, demand * _ZERO_CAP_SLACK), dtype=np.float64)
 
 
-def _readonly(a: NDArray[np.generic]) -> NDArray[np.generic]:
-    v = a.view()
-    v.flags.writeable = False
-    return v
+_A = TypeVar("_A", bound=NDArray[Any])
+
+
+def _frozen(a: _A) -> _A:
+    """An immutable copy of ``a``: an array over a ``bytes`` object.
+
+    A view of a writable array (or a copy that owns its memory) can be made writable again by anyone holding it
+    (``v.flags.writeable = True``), and writes through a view reach the ledger's own state. An array whose memory
+    is a ``bytes`` object cannot: numpy refuses the WRITEABLE flag because the buffer itself is read-only, and
+    there is no writable array behind it to reach through ``.base``. So what the ledger hands out can never
+    change what it checks (DESIGN.md, invariant 7).
+    """
+    return cast(_A, np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape))
 
 
 class MemoryLedger(Ledger):
@@ -105,14 +118,28 @@ class MemoryLedger(Ledger):
         self._blocks: list[Block] = []
         self._block_index: dict[str, int] = {}
         self._claims: dict[str, _ClaimEntry] = {}
-        self._views: dict[str, NDArray[np.generic]] = {}
+        self._views: dict[str, NDArray[np.generic]] = {}  # immutable copies handed out, dropped when stale
         self._requests: dict[str, _Fingerprint] = {}  # applied request ids (idempotent consume / release)
-        self._refresh_views()
 
-    def _refresh_views(self) -> None:
-        """Read-only views of the first n rows, handed to policies; rebuilt when blocks are added."""
-        for name in ("cap", "locked", "unlocked", "allocated", "consumed", "fraction", "created", "retired"):
-            self._views[name] = _readonly(getattr(self, f"_{name}")[: self._n])
+    def _view(self, name: str) -> NDArray[np.generic]:
+        """The immutable copy of the first n rows of ``_<name>`` that the read-only properties return.
+
+        Built on first use after a change (an operation drops the copies of the arrays it wrote), so a policy
+        pass that reads an array many times copies it once. The ledger's checks read only its private arrays,
+        which nothing outside this class can reach through the public interface.
+        """
+        v = self._views.get(name)
+        if v is None:
+            v = self._views[name] = _frozen(getattr(self, f"_{name}")[: self._n])
+        return v
+
+    def _changed(self, *names: str) -> None:
+        """Drop the published copies of the arrays an operation wrote (all of them when none is named)."""
+        if not names:
+            self._views.clear()
+            return
+        for name in names:
+            self._views.pop(name, None)
 
     # ----- growth -------------------------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -146,7 +173,7 @@ class MemoryLedger(Ledger):
         self._blocks.append(block)
         self._block_index[block.id] = i
         self._n += 1
-        self._refresh_views()
+        self._changed()
         return i
 
     def unlock_to(self, block_indices: Sequence[int] | IntArray, fractions: Sequence[float] | FloatArray) -> IntArray:
@@ -188,13 +215,15 @@ class MemoryLedger(Ledger):
         np.minimum(new_locked, locked, out=new_locked)
         if target.max() >= 1.0:
             new_locked[target >= 1.0] = 0.0
+        self._changed("locked", "unlocked", "fraction")
         self._unlocked[idx] += locked - new_locked
         self._locked[idx] = new_locked
         self._fraction[idx] = target
-        return idx
+        return _frozen(idx)
 
     def retire(self, block_id: str) -> None:
         i = self.block_index(block_id)
+        self._changed("retired")
         self._retired[i] = True
         self._retired_ids.add(i)
 
@@ -231,37 +260,37 @@ class MemoryLedger(Ledger):
 
     @property
     def capacity(self) -> FloatArray:
-        return self._views["cap"]  # type: ignore[return-value]
+        return self._view("cap")  # type: ignore[return-value]
 
     @property
     def locked(self) -> FloatArray:
         """(n_blocks, width) locked budget, read-only."""
-        return self._views["locked"]  # type: ignore[return-value]
+        return self._view("locked")  # type: ignore[return-value]
 
     @property
     def unlocked(self) -> FloatArray:
-        return self._views["unlocked"]  # type: ignore[return-value]
+        return self._view("unlocked")  # type: ignore[return-value]
 
     @property
     def allocated(self) -> FloatArray:
         """(n_blocks, width) allocated budget, read-only."""
-        return self._views["allocated"]  # type: ignore[return-value]
+        return self._view("allocated")  # type: ignore[return-value]
 
     @property
     def consumed(self) -> FloatArray:
-        return self._views["consumed"]  # type: ignore[return-value]
+        return self._view("consumed")  # type: ignore[return-value]
 
     @property
     def unlocked_fraction(self) -> FloatArray:
-        return self._views["fraction"]  # type: ignore[return-value]
+        return self._view("fraction")  # type: ignore[return-value]
 
     @property
     def created(self) -> FloatArray:
-        return self._views["created"]  # type: ignore[return-value]
+        return self._view("created")  # type: ignore[return-value]
 
     @property
     def retired_mask(self) -> NDArray[np.bool_]:
-        return self._views["retired"]  # type: ignore[return-value]
+        return self._view("retired")  # type: ignore[return-value]
 
     # ----- claims -------------------------------------------------------------------------------------------
     def _entry(self, claim_id: str) -> _ClaimEntry:
@@ -290,13 +319,16 @@ class MemoryLedger(Ledger):
             [rows.get(id(v)) if id(v) in rows else rows.setdefault(id(v), row(v)) for v in claim.demand.values()]
         )
         _check_row(demand, f"claim {claim.id}: demand")
-        demand.flags.writeable = False
+        # Both are returned to the caller and kept as the claim's own rows: immutable, so the caller cannot
+        # change what a later allocate moves or where.
+        idx, demand = _frozen(idx), _frozen(demand)
         self._claims[claim.id] = _ClaimEntry(
             claim=claim,
             idx=idx,
             demand=demand,
             remaining=self._zero(demand.shape),
             consumed=self._zero(demand.shape),
+            reported=self._zero(demand.shape),
         )
         return idx, demand
 
@@ -304,9 +336,7 @@ class MemoryLedger(Ledger):
         """A shared read-only zero array (bookkeeping arrays are replaced, never written in place)."""
         z = self._zeros.get(shape)
         if z is None:
-            z = np.zeros(shape)
-            z.flags.writeable = False
-            self._zeros[shape] = z
+            z = self._zeros[shape] = _frozen(np.zeros(shape))
         return z
 
     def allocate(self, claim_id: str, now: float) -> None:
@@ -317,13 +347,24 @@ class MemoryLedger(Ledger):
         idx = e.idx
         if self._retired_ids and not self._retired_ids.isdisjoint(idx.tolist()):
             raise InvalidStateError(f"claim {claim_id} asks for a retired block")
-        ok = self.composition.fits(e.demand, self._unlocked[idx], self._cap[idx])
+        unlocked = self._unlocked[idx]
+        ok = self.composition.fits(e.demand, unlocked, self._cap[idx])
         if not ok.all():
             bad = e.claim.blocks[int(np.argmin(ok))]
             raise InsufficientBudgetError(f"claim {claim_id} does not fit in the unlocked budget of block {bad}")
-        self._unlocked[idx] -= e.demand
-        self._allocated[idx] += e.demand
-        e.remaining = e.demand.copy()
+        grant = e.demand
+        over = grant > unlocked
+        if over.any():
+            # Clip, don't overshoot (docs/ledger.md, "The tolerance"): where the demand is over the unlocked
+            # budget by no more than the tolerance, the grant is exactly what is unlocked, so the grant never
+            # takes the block past its capacity. (Where it is over by more, a Rényi order that does not fit,
+            # the whole demand is set aside there as spec/dpf.md says; the claim fits at another order.)
+            clip = over & (unlocked >= 0) & (grant <= unlocked + self.composition.tolerance(self._cap[idx]))
+            grant = np.where(clip, unlocked, grant)
+        self._changed("unlocked", "allocated")
+        self._unlocked[idx] -= grant
+        self._allocated[idx] += grant
+        e.remaining = grant.copy()
         e.state = ClaimState.GRANTED
         e.granted_at = e.decided_at = now
         if e.claim.lease is not None:
@@ -392,9 +433,11 @@ class MemoryLedger(Ledger):
         self._require_granted(e, "consume")
         idx = e.idx
         if amounts is None:  # spend the whole rest of the grant: nothing to validate
+            self._changed("allocated", "consumed")
             self._allocated[idx] -= e.remaining
             self._consumed[idx] += e.remaining
-            e.consumed = e.consumed + e.remaining
+            e.consumed = np.minimum(e.consumed + e.remaining, e.demand)
+            e.reported = e.reported + e.remaining
             e.remaining = self._zero(e.remaining.shape)
             e.state = ClaimState.FINISHED
             return
@@ -409,32 +452,26 @@ class MemoryLedger(Ledger):
                 amt[pos[b]] = self.composition.row(budget)
         _check_row(amt, f"claim {claim_id}: consumption")
         # A consumption may exceed what remains of the grant by rounding only: at most the tolerance over the
-        # whole grant (not per call), and never so that the block leaves its guarantee. The excess is charged
-        # in full against the unlocked bucket, never forgiven.
-        cap = self._cap[idx]
-        # Scaled by capacity and demand: at Rényi orders of zero capacity a demand is still carried, and its
-        # pieces must add back up to it despite rounding.
-        tol = _claim_tolerance(cap, e.demand)
-        over = (amt > e.remaining + tol) | (e.consumed + amt > e.demand + tol)
+        # rest and over the whole grant (the sum of what the caller reported, not per call); beyond that it is
+        # refused. Within it, the ledger books exactly the rest (clip, don't overshoot: docs/ledger.md), so
+        # neither the claim's consumption nor the block's ever exceeds the grant or the capacity.
+        # The tolerance is scaled by capacity and demand: at Rényi orders of zero capacity a demand is still
+        # carried, and its pieces must add back up to it despite rounding.
+        tol = _claim_tolerance(self._cap[idx], e.demand)
+        over = (amt > e.remaining + tol) | (e.reported + amt > e.demand + tol)
         if over.any():
             k, col = np.argwhere(over)[0]
             raise OverConsumptionError(
                 f"claim {claim_id} consumes {amt[k, col]:.12g} on block {e.claim.blocks[k]} (column {col}) "
                 f"but only {e.remaining[k, col]:.12g} of its grant remains"
             )
-        from_alloc = np.minimum(amt, e.remaining)
-        excess = amt - from_alloc
-        if excess.any():
-            spent = self._allocated[idx] - from_alloc + self._consumed[idx] + amt
-            inside = self.composition.within(spent, cap)
-            if not inside.all():
-                bad = e.claim.blocks[int(np.argmin(inside))]
-                raise OverConsumptionError(f"claim {claim_id}: consuming beyond its grant would overspend block {bad}")
-        self._allocated[idx] -= from_alloc
-        self._unlocked[idx] -= excess
-        self._consumed[idx] += amt
-        e.remaining = e.remaining - from_alloc
-        e.consumed = e.consumed + amt
+        booked = np.minimum(amt, e.remaining)
+        self._changed("allocated", "consumed")
+        self._allocated[idx] -= booked
+        self._consumed[idx] += booked
+        e.remaining = e.remaining - booked
+        e.consumed = np.minimum(e.consumed + booked, e.demand)
+        e.reported = e.reported + amt
 
     def release(self, claim_id: str, now: float = 0.0, *, request_id: str | None = None) -> None:
         if self._already_applied(request_id, "release", claim_id, None):
@@ -443,6 +480,7 @@ class MemoryLedger(Ledger):
         check_time("time", now)
         self._require_granted(e, "release")
         idx = e.idx
+        self._changed("allocated", "unlocked")
         self._allocated[idx] -= e.remaining
         self._unlocked[idx] += e.remaining
         e.remaining = self._zero(e.remaining.shape)
@@ -487,6 +525,7 @@ class MemoryLedger(Ledger):
         if now < d:
             raise InvalidStateError(f"claim {claim_id}: its lease runs until {d}, not expired at {now}")
         idx = e.idx
+        self._changed("allocated", "unlocked")
         self._allocated[idx] -= e.remaining
         self._unlocked[idx] += e.remaining
         e.remaining = self._zero(e.remaining.shape)
@@ -560,6 +599,7 @@ class MemoryLedger(Ledger):
             out.append(InvariantViolation(3, f"block {names[i]}", "allocated ≠ sum of granted claims' remainders"))
         for i in np.flatnonzero((np.abs(cons - C) > tol).any(axis=1)):
             out.append(InvariantViolation(4, f"block {names[i]}", "consumed ≠ sum of claims' consumption"))
-        if not math.isfinite(float(np.sum(U))):
-            out.append(InvariantViolation(1, "ledger", "non-finite unlocked budget"))
+        # Element by element: a sum over blocks could overflow where every value is finite.
+        for i in np.flatnonzero(~np.isfinite(U).all(axis=1)):
+            out.append(InvariantViolation(1, f"block {names[i]}", "non-finite unlocked budget"))
         return out

@@ -36,7 +36,7 @@ IntArray = NDArray[np.int64]
 
 
 class LedgerView(Protocol):
-    """The read-only part of a ledger that policies see (arrays are read-only views)."""
+    """The read-only part of a ledger that policies see (arrays are immutable snapshots, taken when read)."""
 
     composition: Composition
 

@@ -61,9 +61,15 @@ def open_ledger(
     *,
     create: bool = True,
     grant_timeout: float | None = 0.0,
+    replay: bool = True,
 ) -> SqlLedger:
-    """Open (or, with ``create`` and a ``composition``, create) the SQL ledger at ``url``."""
-    return SqlLedger(open_store(url, create=create), composition, create=create, grant_timeout=grant_timeout)
+    """Open (or, with ``create`` and a ``composition``, create) the SQL ledger at ``url``.
+
+    ``replay=False`` defers the journal's replay (see :class:`SqlLedger`): the audit opens a ledger that way.
+    """
+    return SqlLedger(
+        open_store(url, create=create), composition, create=create, grant_timeout=grant_timeout, replay=replay
+    )
 
 
 __all__ = [

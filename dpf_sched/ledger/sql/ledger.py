@@ -68,10 +68,66 @@ def to_blob(row: NDArray[Any]) -> bytes:
     return np.ascontiguousarray(row, dtype="<f8").tobytes()
 
 
-def from_blob(data: bytes, width: int) -> FloatArray:
-    """The rows stored by :func:`to_blob`, shape (n, width)."""
-    arr = np.frombuffer(bytes(data), dtype="<f8").astype(np.float64)
-    return arr.reshape(-1, width)
+def from_blob(data: Any, width: int, what: str = "a budget row") -> FloatArray:
+    """The rows stored by :func:`to_blob`, shape (n, width).
+
+    A stored value that is not bytes (text or a number written into the column) or whose length is not a whole
+    number of rows raises :class:`~dpf_sched.errors.LedgerStorageError` naming ``what``.
+    """
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise LedgerStorageError(f"{what} is not a budget row: the column holds {type(data).__name__} {data!r:.60}")
+    if len(data) % (8 * width):
+        raise LedgerStorageError(f"{what} is {len(data)} bytes, not a whole number of rows of {width} float64")
+    return np.frombuffer(bytes(data), dtype="<f8").astype(np.float64).reshape(-1, width)
+
+
+def _real(value: Any, what: str) -> float:
+    """A stored REAL / DOUBLE PRECISION value; anything else (text, bytes written into it) is a storage error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LedgerStorageError(f"{what} is not a number: the column holds {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
+def _integer(value: Any, what: str) -> int:
+    """A stored integer column (seq, idx, version); anything else is a storage error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LedgerStorageError(f"{what} is not an integer: the column holds {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def decode_payload(payload: Any) -> dict[str, Any]:
+    """A journal entry's payload: a JSON object (text). Anything else raises ``LedgerStorageError``."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        raise LedgerStorageError(f"the payload is binary, not JSON text ({bytes(payload)!r:.60})")
+    if not isinstance(payload, str):
+        raise LedgerStorageError(f"the payload is {type(payload).__name__}, not JSON text")
+    try:
+        entry = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        raise LedgerStorageError(f"the payload is not valid JSON: {e}") from None
+    if not isinstance(entry, dict):
+        raise LedgerStorageError(f"the payload is a JSON {type(entry).__name__}, not an object")
+    return entry
+
+
+def replay_entry(mem: MemoryLedger, seq: int, op: Any, payload: Any) -> dict[str, Any]:
+    """Decode and apply journal entry ``seq`` to ``mem``; return its payload.
+
+    Any failure is a :class:`~dpf_sched.errors.LedgerStorageError` that names the entry. The entry is data
+    read from storage, which a bug, a disk or a person may have damaged in any way (a string where a list of
+    numbers belongs, a number too large for a float, nesting too deep for the parser), so every ``Exception``
+    the decoding or the application raises means "this entry does not replay", never a traceback.
+    """
+    try:
+        entry = decode_payload(payload)
+        if not isinstance(op, str):
+            raise LedgerStorageError(f"the operation is {type(op).__name__}, not text")
+        apply_entry(mem, op, entry)
+    except Exception as e:
+        raise LedgerStorageError(f"journal entry {seq} ({op!r:.40}) does not replay: {e}") from e
+    return entry
 
 
 def composition_descriptor(comp: Composition) -> dict[str, Any]:
@@ -153,6 +209,22 @@ def apply_entry(mem: MemoryLedger, op: str, payload: Mapping[str, Any]) -> None:
         raise LedgerStorageError(f"unknown journal operation {op!r}")
 
 
+#: The budget columns of ``dpf_blocks``, in the order the audit reads them.
+_BUCKETS = ("capacity", "locked", "unlocked", "allocated", "consumed")
+
+
+@dataclass(frozen=True)
+class _StoredBlock:
+    """One ``dpf_blocks`` row, decoded and type-checked (the audit's view of the stored state)."""
+
+    idx: int
+    id: str
+    created: float
+    rows: tuple[FloatArray, ...]  # capacity, locked, unlocked, allocated, consumed (one row each)
+    fraction: float
+    retired: int
+
+
 @dataclass(frozen=True)
 class AuditReport:
     """The result of :meth:`SqlLedger.audit`: what was checked and every discrepancy found."""
@@ -199,6 +271,11 @@ class SqlLedger(Ledger):
     grant_timeout
         Seconds :meth:`allocate` waits for the grant lease held by another scheduler loop before it raises
         :class:`~dpf_sched.errors.GrantLeaseError` (``None``: wait forever).
+    replay
+        Replay the journal now (default), so that a journal entry that does not replay is reported at once as a
+        :class:`~dpf_sched.errors.LedgerStorageError` naming it. ``False`` defers the replay to the first
+        operation; :meth:`audit` never needs it, so ``dpf-sched ledger audit`` can list a broken entry as a
+        problem instead of failing to open.
 
     One object per thread. Operations return only after their transaction has committed.
     """
@@ -210,6 +287,7 @@ class SqlLedger(Ledger):
         *,
         create: bool = True,
         grant_timeout: float | None = 0.0,
+        replay: bool = True,
     ) -> None:
         self._store = store
         self.grant_timeout = grant_timeout
@@ -231,7 +309,12 @@ class SqlLedger(Ledger):
         self._batch_depth = 0
         self._batch_failed = False
         self._batch_wrote = False
-        self._sync()
+        if replay:
+            try:
+                self._sync()
+            except BaseException:
+                store.close()
+                raise
 
     # ----- schema -------------------------------------------------------------------------------------------
     def _open_schema(self, composition: Composition | None, create: bool) -> Composition:
@@ -269,7 +352,7 @@ class SqlLedger(Ledger):
             raise LedgerStorageError(f"{st.describe()}: the ledger is missing tables {sorted(missing)}")
         try:
             stored = composition_from_descriptor(json.loads(meta["composition"]))
-        except (KeyError, ValueError, TypeError, DpfSchedError) as e:
+        except Exception as e:  # stored data, damaged in any way: a storage error, never a traceback
             raise LedgerStorageError(f"{st.describe()}: unreadable composition in the ledger's metadata: {e}") from e
         if composition is not None and composition_descriptor(composition) != composition_descriptor(stored):
             raise CompositionMismatchError(
@@ -286,7 +369,7 @@ class SqlLedger(Ledger):
         rows = self._store.execute("SELECT MAX(version) FROM dpf_schema_version")
         if not rows or rows[0][0] is None:
             raise LedgerStorageError(f"{self._store.describe()}: the schema version table is empty")
-        return int(rows[0][0])
+        return _integer(rows[0][0], f"{self._store.describe()}: the schema version")
 
     def _create(self, composition: Composition) -> None:
         st = self._store
@@ -340,18 +423,19 @@ class SqlLedger(Ledger):
             self._reset()
         rows = self._store.execute("SELECT seq, op, payload FROM dpf_journal WHERE seq > ? ORDER BY seq", (self._seq,))
         for seq, op, payload in rows:
-            if int(seq) != self._seq + 1:
-                self._stale = True
-                raise LedgerStorageError(f"{self._store.describe()}: journal gap: entry {seq} follows {self._seq}")
             try:
-                entry = json.loads(payload)
-                apply_entry(self._mem, str(op), entry)
-            except (DpfSchedError, ValueError, KeyError, TypeError) as e:
+                n = _integer(seq, f"the sequence number of the journal entry after {self._seq}")
+                if n != self._seq + 1:
+                    raise LedgerStorageError(f"journal gap: entry {n} follows {self._seq}")
+                entry = replay_entry(self._mem, n, op, payload)
+            except LedgerStorageError as e:
                 self._stale = True
-                raise LedgerStorageError(
-                    f"{self._store.describe()}: journal entry {seq} ({op}) does not replay: {e}"
-                ) from e
-            self._seq = int(seq)
+                raise LedgerStorageError(f"{self._store.describe()}: {e}") from e
+            except BaseException:
+                # Interrupted inside the replay (KeyboardInterrupt, MemoryError): the entry may be half applied.
+                self._stale = True
+                raise
+            self._seq = n
             if self.observer is not None:
                 self.observer(self._seq, str(op), entry)
 
@@ -384,7 +468,16 @@ class SqlLedger(Ledger):
                 self._catch_up()  # a batch caught up when it began and holds the write lock since
             if before is not None:
                 before(st)
-            result = run(self._mem)  # validates; a refusal changes nothing
+            try:
+                result = run(self._mem)  # validates; a refusal (a typed error) changes nothing
+            except DpfSchedError:
+                raise
+            except BaseException:
+                # Interrupted inside the mirror's update (KeyboardInterrupt, MemoryError, a bug): part of it may
+                # be written, so the mirror is thrown away below and rebuilt from the journal; no row is ever
+                # written from a half-updated mirror.
+                changed = True
+                raise
             changed = True
             entry = record(result)
             if entry is None:
@@ -800,11 +893,11 @@ class SqlLedger(Ledger):
         The deadline is read inside the write transaction, so a renewal committed before it wins (the claim is
         then not expired: :class:`~dpf_sched.errors.InvalidStateError`), and one after it finds the claim expired.
         """
-        now = check_time("time", now)
         lapsed: list[float] = []
 
         def run(m: MemoryLedger) -> None:
-            e = m._entry(claim_id)
+            e = m._entry(claim_id)  # an unknown claim first, as the memory ledger checks
+            check_time("time", now)
             m._require_granted(e, "expire")
             if e.claim.lease is None:
                 raise InvalidStateError(f"claim {claim_id} has no lease; it cannot expire")
@@ -850,7 +943,10 @@ class SqlLedger(Ledger):
     def audit(self) -> AuditReport:
         """Replay the whole journal from scratch; compare with the stored state and check every invariant.
 
-        Read in one consistent snapshot. Problems are reported, never repaired.
+        Read in one consistent snapshot. Problems are reported, never repaired. A damaged database (a journal
+        entry that does not replay, a row whose columns hold the wrong type or a budget of the wrong length) is
+        reported as problems, never raised; only a database that cannot be read at all raises
+        :class:`~dpf_sched.errors.LedgerStorageError`.
         """
         st = self._store
         problems: list[str] = []
@@ -873,18 +969,21 @@ class SqlLedger(Ledger):
             problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
         mem = MemoryLedger(self.composition)
         for k, (seq, op, payload) in enumerate(journal, start=1):
-            if int(seq) != k:
-                problems.append(f"journal entry {seq} where {k} was expected (gap or reordering)")
-                break
             try:
-                apply_entry(mem, str(op), json.loads(payload))
-            except (DpfSchedError, ValueError, KeyError, TypeError) as e:
-                problems.append(f"journal entry {seq} ({op}) does not replay: {e}")
+                n = _integer(seq, f"the sequence number of journal entry #{k}")
+                if n != k:
+                    raise LedgerStorageError(f"journal entry {n} where {k} was expected (gap or reordering)")
+                replay_entry(mem, n, op, payload)
+            except LedgerStorageError as e:
+                problems.append(str(e))
+                problems.append(f"the replay stopped at journal entry {k}: later entries are not checked")
                 break
-        problems.extend(self._compare_blocks(mem, blocks))
+        parsed, bad = self._parse_blocks(blocks)
+        problems.extend(bad)
+        problems.extend(self._compare_blocks(mem, parsed))
         problems.extend(self._compare_claims(mem, claims))
         problems.extend(self._compare_leases(mem, leases))
-        violations = list(mem.violations()) + self._stored_violations(blocks, _throughput(mem))
+        violations = list(mem.violations()) + self._stored_violations(parsed, _throughput(mem))
         return AuditReport(
             where=st.describe(),
             schema_version=version,
@@ -895,12 +994,41 @@ class SqlLedger(Ledger):
             violations=tuple(violations),
         )
 
-    def _compare_blocks(self, mem: MemoryLedger, rows: list[tuple[Any, ...]]) -> list[str]:
+    def _parse_blocks(self, rows: list[tuple[Any, ...]]) -> tuple[list[_StoredBlock | None], list[str]]:
+        """The stored block rows, decoded; ``None`` (and a problem) for each row that cannot be decoded."""
         w = self.composition.width
+        out: list[_StoredBlock | None] = []
+        problems: list[str] = []
+        for r in rows:
+            where = f"stored block {r[1]!r:.60}"
+            try:
+                rows5 = [from_blob(r[k], w, f"{where}: {name}") for k, name in enumerate(_BUCKETS, start=3)]
+                for name, arr in zip(_BUCKETS, rows5, strict=True):
+                    if arr.shape != (1, w):
+                        raise LedgerStorageError(f"{where}: {name} holds {arr.shape[0]} rows, not one")
+                out.append(
+                    _StoredBlock(
+                        idx=_integer(r[0], f"{where}: idx"),
+                        id=str(r[1]),
+                        created=_real(r[2], f"{where}: created"),
+                        rows=tuple(a[0] for a in rows5),
+                        fraction=_real(r[8], f"{where}: unlocked_fraction"),
+                        retired=_integer(r[9], f"{where}: retired"),
+                    )
+                )
+            except LedgerStorageError as e:
+                problems.append(str(e))
+                out.append(None)
+        return out, problems
+
+    def _compare_blocks(self, mem: MemoryLedger, rows: list[_StoredBlock | None]) -> list[str]:
         out: list[str] = []
         ids = [b.id for b in mem.blocks()]
-        if [str(r[1]) for r in rows] != ids or [int(r[0]) for r in rows] != list(range(len(ids))):
-            return [f"stored blocks {[r[1] for r in rows]} ≠ journal's blocks {ids}"]
+        stored = [r for r in rows if r is not None]
+        if len(stored) < len(rows):
+            return ["stored blocks could not all be decoded: their comparison with the journal is skipped"]
+        if [r.id for r in stored] != ids or [r.idx for r in stored] != list(range(len(ids))):
+            return [f"stored blocks {[r.id for r in stored]} ≠ journal's blocks {ids}"]
         arrays = {
             "capacity": mem.capacity,
             "locked": mem.locked,
@@ -908,20 +1036,17 @@ class SqlLedger(Ledger):
             "allocated": mem.allocated,
             "consumed": mem.consumed,
         }
-        for r in rows:
-            i, bid = int(r[0]), str(r[1])
-            if float(r[2]) != float(mem.created[i]):
-                out.append(f"block {bid}: stored creation time {r[2]} ≠ journal's {mem.created[i]}")
-            for k, name in enumerate(arrays, start=3):
-                stored = from_blob(r[k], w)
-                if stored.shape != (1, w) or not np.array_equal(stored[0], arrays[name][i]):
-                    out.append(
-                        f"block {bid}: stored {name} {stored.ravel().tolist()} ≠ journal's {arrays[name][i].tolist()}"
-                    )
-            if float(r[8]) != float(mem.unlocked_fraction[i]):
-                out.append(f"block {bid}: stored unlocked fraction {r[8]} ≠ journal's {mem.unlocked_fraction[i]}")
-            if bool(r[9]) != bool(mem.retired_mask[i]):
-                out.append(f"block {bid}: stored retired={bool(r[9])} ≠ journal's {bool(mem.retired_mask[i])}")
+        for r in stored:
+            i, bid = r.idx, r.id
+            if r.created != float(mem.created[i]):
+                out.append(f"block {bid}: stored creation time {r.created} ≠ journal's {mem.created[i]}")
+            for name, row in zip(arrays, r.rows, strict=True):
+                if not np.array_equal(row, arrays[name][i]):
+                    out.append(f"block {bid}: stored {name} {row.tolist()} ≠ journal's {arrays[name][i].tolist()}")
+            if r.fraction != float(mem.unlocked_fraction[i]):
+                out.append(f"block {bid}: stored unlocked fraction {r.fraction} ≠ journal's {mem.unlocked_fraction[i]}")
+            if bool(r.retired) != bool(mem.retired_mask[i]):
+                out.append(f"block {bid}: stored retired={bool(r.retired)} ≠ journal's {bool(mem.retired_mask[i])}")
         return out
 
     def _compare_claims(self, mem: MemoryLedger, rows: list[tuple[Any, ...]]) -> list[str]:
@@ -933,12 +1058,17 @@ class SqlLedger(Ledger):
         for r in rows:
             cid = str(r[1])
             e = mem._entry(cid)
-            seen = (str(r[2]), r[3], r[4], r[5])
+            seen = (r[2], r[3], r[4], r[5])
             want = (e.state.value, e.granted_at, e.decided_at, e.reason)
             if seen != want:
-                out.append(f"claim {cid}: stored (state, granted_at, decided_at, reason) {seen} ≠ journal's {want}")
+                shown = f"{seen!r:.200}"
+                out.append(f"claim {cid}: stored (state, granted_at, decided_at, reason) {shown} ≠ journal's {want}")
             for k, name, arr in ((6, "demand", e.demand), (7, "remaining", e.remaining), (8, "consumed", e.consumed)):
-                stored = from_blob(r[k], w)
+                try:
+                    stored = from_blob(r[k], w, f"claim {cid}: stored {name}")
+                except LedgerStorageError as err:
+                    out.append(str(err))
+                    continue
                 if stored.shape != arr.shape or not np.array_equal(stored, arr):
                     out.append(f"claim {cid}: stored {name} {stored.tolist()} ≠ journal's {np.asarray(arr).tolist()}")
         return out
@@ -973,29 +1103,30 @@ class SqlLedger(Ledger):
         return out
 
     def _stored_violations(
-        self, rows: list[tuple[Any, ...]], through: np.ndarray[Any, Any]
+        self, rows: list[_StoredBlock | None], through: np.ndarray[Any, Any]
     ) -> list[InvariantViolation]:
         """Invariants 1 and 2 on the stored rows themselves (independently of the journal).
 
         ``through`` is the demand that ever flowed through each block (granted claims): rounding error grows
         with it, not with what the buckets hold now, so the tolerance does too (as in ``MemoryLedger``).
         """
-        w = self.composition.width
         out: list[InvariantViolation] = []
         for i, r in enumerate(rows):
-            try:
-                cap, L, U, A, C = (from_blob(r[k], w)[0] for k in range(3, 8))
-            except (ValueError, IndexError):
-                out.append(InvariantViolation(1, f"stored block {r[1]}", "malformed budget rows"))
+            if r is None:
+                out.append(InvariantViolation(1, f"stored block #{i}", "malformed budget rows"))
                 continue
+            cap, L, U, A, C = r.rows
             flow = through[i] if i < through.shape[0] else 0.0
+            if not all(np.isfinite(x).all() for x in r.rows):
+                out.append(InvariantViolation(1, f"stored block {r.id}", "a budget row holds NaN or infinity"))
+                continue
             tol = 1e-9 * (cap + np.abs(L) + np.abs(U) + np.abs(A) + np.abs(C) + flow) + 1e-300
-            if not np.all(np.isfinite(L + U + A + C)) or (np.abs(L + U + A + C - cap) > tol).any():
+            if (np.abs(L + U + A + C - cap) > tol).any():
                 out.append(
-                    InvariantViolation(1, f"stored block {r[1]}", "locked+unlocked+allocated+consumed ≠ capacity")
+                    InvariantViolation(1, f"stored block {r.id}", "locked+unlocked+allocated+consumed ≠ capacity")
                 )
             if not bool(self.composition.within((A + C)[None, :], cap[None, :])[0]):
-                out.append(InvariantViolation(2, f"stored block {r[1]}", "allocated+consumed exceeds the capacity"))
+                out.append(InvariantViolation(2, f"stored block {r.id}", "allocated+consumed exceeds the capacity"))
         return out
 
     # ----- life cycle ---------------------------------------------------------------------------------------

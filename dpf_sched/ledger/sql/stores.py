@@ -40,6 +40,9 @@ _PG_WRITE_LOCK = "write"
 _PG_GRANT_LOCK = "grant"
 #: Poll period while waiting for the grant lease.
 _POLL_S = 0.02
+#: What the sqlite3 module raises on a damaged file: its own errors, and ``UnicodeDecodeError`` when SQLite's
+#: error message (which quotes the damaged schema text) or a text value is not valid UTF-8.
+_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 class Store(ABC):
@@ -190,7 +193,9 @@ class SqliteStore(Store):
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self.conn.execute(f"PRAGMA synchronous={sync.upper()}")
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            with contextlib.suppress(Exception):
+                self.conn.close()
             raise LedgerStorageError(
                 f"{self.path} is not a usable SQLite database (corrupted or not a database file): {e}"
             ) from e
@@ -232,13 +237,13 @@ class SqliteStore(Store):
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return self.conn.execute(sql, params).fetchall()
-        except sqlite3.Error as e:
+        except _SQLITE_ERRORS as e:
             raise LedgerStorageError(f"{self.describe()}: {e}") from e
 
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         try:
             self.conn.executemany(sql, rows)
-        except sqlite3.Error as e:
+        except _SQLITE_ERRORS as e:
             raise LedgerStorageError(f"{self.describe()}: {e}") from e
 
     def begin_write(self) -> None:
@@ -249,7 +254,7 @@ class SqliteStore(Store):
         except BaseException as e:
             if self._write_lock is not None:
                 self._write_lock.release()
-            if isinstance(e, sqlite3.Error):
+            if isinstance(e, _SQLITE_ERRORS):
                 raise LedgerStorageError(f"{self.describe()}: cannot start a write transaction: {e}") from e
             raise
         self._in_tx = True
@@ -261,7 +266,7 @@ class SqliteStore(Store):
     def commit(self) -> None:
         try:
             self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except _SQLITE_ERRORS as e:
             raise LedgerStorageError(f"{self.describe()}: commit failed: {e}") from e
         finally:
             self._end()
@@ -270,7 +275,7 @@ class SqliteStore(Store):
         try:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-        except sqlite3.Error as e:
+        except _SQLITE_ERRORS as e:
             logger.warning("rollback on %s failed: %s", self.describe(), e)
         finally:
             self._end()
@@ -286,7 +291,7 @@ class SqliteStore(Store):
     def table_names(self) -> set[str]:
         try:
             rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise LedgerStorageError(
                 f"{self.path} is not a usable SQLite database (corrupted or not a database file): {e}"
             ) from e
