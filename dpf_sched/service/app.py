@@ -44,6 +44,7 @@ from dpf_sched.errors import (
     InvalidStateError,
     LedgerStorageError,
     OverConsumptionError,
+    StorageTimeoutError,
     UnknownBlockError,
     UnknownClaimError,
 )
@@ -151,8 +152,18 @@ def map_error(e: DpfSchedError) -> ApiError:
     return ApiError(422, "invalid", str(e))  # pragma: no cover - DpfSchedError is the last entry
 
 
+#: Seconds a 503 asks the client to wait before retrying (``Retry-After``): the ledger is reconnecting, or a
+#: bounded wait for a lock ran out.
+RETRY_AFTER = 1
+#: Seconds a request waits for the process's ledger lock (held by a request that waits on the database, itself
+#: bounded) before it answers 503.
+API_LOCK_TIMEOUT = 15.0
+
+
 def _reply(err: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    if err.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER)}
     return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status, headers=headers)
 
 
@@ -277,6 +288,24 @@ class ChangeFeed:
         event.set()
 
 
+class _TimedLock:
+    """The process's ledger lock, but a request waits for it at most ``timeout`` seconds and then gets
+    :class:`~dpf_sched.errors.StorageTimeoutError` (503) instead of queueing forever behind a stalled one."""
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StorageTimeoutError(
+                f"the ledger connection of this process stayed busy for over {self.timeout:g} s; try again"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Service:
     """Everything one process serves with: the API's ledger connection (under a lock), the service tables,
     the scheduling loop and the change feed."""
@@ -285,7 +314,7 @@ class Service:
         self.config = config
         self.ledger = open_service_ledger(config.db, config.composition)
         self.composition = self.ledger.composition
-        self.lock = threading.Lock()
+        self.lock = _TimedLock(API_LOCK_TIMEOUT)
         self.clock = WallClock()
         try:
             self.tables = ServiceTables(open_store(config.db, create=False))

@@ -33,23 +33,19 @@ from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, 
 from dpf_sched.ledger.base import ClaimState
 from dpf_sched.ledger.sql import SqlLedger, open_store
 from dpf_sched.policies.base import Decision
+from dpf_sched.queue import QueuedClaim
 from dpf_sched.scheduler import Outcome, Scheduler
 
 logger = logging.getLogger(__name__)
 
+#: Default seconds of silence after which PostgreSQL ends the scheduling loop's session (see ``idle_bound``).
+LEADER_IDLE_BOUND = 10.0
+
 
 class LeaderLedger(SqlLedger):
-    """The leader's ledger: a grant or rejection of a claim that left the waiting state elsewhere (withdrawn by
-    its owner through another connection) is skipped instead of failing the whole pass; the transaction
-    refused it and nothing changed."""
-
-    def allocate(self, claim_id: str, now: float) -> None:
-        try:
-            super().allocate(claim_id, now)
-        except InvalidStateError:
-            if self.state(claim_id) is ClaimState.WAITING:
-                raise
-            logger.info("claim %s left the waiting state elsewhere; not granted", claim_id)
+    """The leader's ledger: a rejection of a claim that left the waiting state elsewhere (withdrawn by its owner
+    through another connection) is skipped instead of failing the whole pass; the transaction refused it and
+    nothing changed. (A refused *grant* is the scheduler's business: :meth:`LeaderScheduler._refused`.)"""
 
     def reject(self, claim_id: str, now: float, reason: str) -> None:
         try:
@@ -76,6 +72,20 @@ class LeaderScheduler(Scheduler):
         with self._sql.batch():
             return super()._apply(decisions, now)
 
+    def _refused(self, q: QueuedClaim, d: Decision, error: DpfSchedError) -> bool:
+        """A grant (or rejection) the ledger refused because another process changed the claim or its blocks
+        since the pass read them: withdrawn (it left the waiting state), a block retired, budget gone. It is one
+        decision's outcome, not the pass's: nothing was written for it, the pass's other decisions stand (the
+        batch keeps them), and the claim's blocks are marked dirty so the next pass offers what the policy had
+        set aside for it to the claims behind it. A claim that still waits stays queued (a retired block's
+        claims are then rejected by the next step)."""
+        state = self.ledger.state(q.id)
+        logger.info("decision %s on claim %s refused (%s); claim is %s", d.verdict.value, q.id, error, state.value)
+        self._dirty.update(int(i) for i in q.idx)
+        if state is not ClaimState.WAITING:
+            self._forget(q)
+        return True
+
 
 class LeaderLoop:
     """The scheduling loop of one process (a thread): takes the grant lease when free, then schedules.
@@ -92,6 +102,11 @@ class LeaderLoop:
         Seconds between two attempts of a follower to take the lease.
     on_change
         Called (from this thread) after a step that changed something, so waiters can look again.
+    idle_bound
+        PostgreSQL ends this loop's session once it has been idle this many seconds (at least 4 × ``poll`` and
+        4 × ``lease_retry``): a stopped (SIGSTOP) or partitioned leader thus loses the lease within about this
+        bound (plus the keepalive bound when partitioned), and its grants are fenced because each is a
+        transaction on that same session.
     """
 
     def __init__(
@@ -103,8 +118,10 @@ class LeaderLoop:
         poll: float = 0.05,
         lease_retry: float = 0.5,
         on_change: Callable[[], None] | None = None,
+        idle_bound: float = LEADER_IDLE_BOUND,
     ) -> None:
         self.url = url
+        self.idle_bound = max(idle_bound, 4.0 * poll, 4.0 * lease_retry)
         self.policy = policy
         self.params = dict(params)
         self.poll = poll
@@ -182,7 +199,13 @@ class LeaderLoop:
 
     def _try_lead(self) -> bool:
         if self._ledger is None:
-            self._ledger = LeaderLedger(open_store(self.url, create=False), create=False, grant_timeout=0.0)
+            store = open_store(self.url, create=False)
+            try:
+                store.bound_idle(self.idle_bound)
+            except BaseException:
+                store.close()
+                raise
+            self._ledger = LeaderLedger(store, create=False, grant_timeout=0.0)
         led = self._ledger
         try:
             led.hold_grant_lease(0.0)
@@ -191,19 +214,23 @@ class LeaderLoop:
         # We hold the lease: build the scheduler from the ledger alone.
         sched = LeaderScheduler(led, self.policy, self.clock, **self.params)
         led.observer = self._observe
-        self._events = []
-        self._high = led.journal_length  # catches up; what it replays is in the snapshot below
-        self._events = []
-        for block in list(led.blocks()):
-            sched.adopt_block(block.id)
         waiting = []
-        for cid in list(led.claim_ids()):
-            record = led.claim(cid)
-            sched.replay_arrival(record)
-            if record.state is ClaimState.WAITING:
-                waiting.append(record)
-        for record in waiting:
-            sched.adopt(record, arrival_unlock=False)
+        # One consistent snapshot: the scheduler is built inside one write transaction, so no other process can
+        # commit while it is (every journal write takes the write lock). What this build read is exactly the
+        # journal up to ``_high``; what others commit later reaches the first tick through the observer, once.
+        # (Reading the journal length and then the claims outside it counted a claim committed in between twice.)
+        with led.batch():
+            self._high = led.journal_length
+            self._events = []
+            for block in list(led.blocks()):
+                sched.adopt_block(block.id)
+            for cid in list(led.claim_ids()):
+                record = led.claim(cid)
+                sched.replay_arrival(record)
+                if record.state is ClaimState.WAITING:
+                    waiting.append(record)
+            for record in waiting:
+                sched.adopt(record, arrival_unlock=False)
         self._sched = sched
         self.error = None
         self._leader.set()
