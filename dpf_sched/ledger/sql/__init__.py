@@ -14,7 +14,7 @@ See ``docs/ledger.md`` for the schema, transactions, durability, locking, idempo
 from __future__ import annotations
 
 import math
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from dpf_sched.composition import Composition
 from dpf_sched.errors import InvalidParameterError
@@ -52,8 +52,11 @@ def open_store(url: str, *, create: bool = True) -> Store:
     if scheme in ("postgresql", "postgres"):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         schema = query.pop("schema", None)
+        # quote, not urlencode's default quote_plus: libpq reads "+" as a plus sign, not a space (options=-c a=b).
         bounds = {k: _seconds_option(url, k, query.pop(k)) for k in _PG_BOUNDS if k in query}
-        conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+        conninfo = urlunsplit(
+            (parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), parts.fragment)
+        )
         return PostgresStore(conninfo, schema=schema, create=create, **bounds)
     if scheme == "sqlite":
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
