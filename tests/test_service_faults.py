@@ -494,3 +494,26 @@ def test_stopped_leader_loses_the_lease_within_its_idle_bound() -> None:
         if store is not None:
             store.close()
         drop_schemas([name])
+
+
+# ----- the leader's clock -------------------------------------------------------------------------------------
+def test_a_wall_clock_step_on_the_leader_expires_nothing(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suspected item: the leader's host clock steps an hour forward while a claim with a 60 s timeout waits.
+    The leader's clock is monotonic time anchored at takeover, so the claim still waits (the old wall clock
+    expired it, irreversibly)."""
+    api = open_ledger(db, BasicComposition())
+    now = time.time()
+    api.add_block(Block("b", eps(1.0), created=now))
+    api.add_claim(Claim.uniform("A", ["b"], eps(1.0), arrival=now, timeout=60.0))
+    loop = leader(db, "dpf-n", N=10)  # one arrival unlocks 1/10: A cannot be granted yet
+    try:
+        loop._tick()
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600.0)
+        loop._tick()
+        loop._tick()
+        assert api.state("A") is ClaimState.WAITING
+        assert float(api.unlocked_fraction[0]) == pytest.approx(0.1)
+    finally:
+        monkeypatch.undo()
+        close(loop, api)

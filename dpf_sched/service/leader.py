@@ -2,7 +2,8 @@
 
 Every `dpf-sched serve` process runs a :class:`LeaderLoop` thread. It tries to take the ledger's grant lease
 (an ``flock`` on SQLite, a session-level ``pg_advisory_lock`` on PostgreSQL); the process that holds it is the
-*leader* and runs a :class:`~dpf_sched.scheduler.Scheduler` on its own ledger connection with the wall clock.
+*leader* and runs a :class:`~dpf_sched.scheduler.Scheduler` on its own ledger connection with its own clock
+(:class:`LeaderClock`: monotonic time anchored on the wall clock at takeover).
 The others retry every ``lease_retry`` seconds. The lease dies with its holder (the kernel drops the ``flock``
 of a killed process, PostgreSQL the advisory lock of a dead connection), so a SIGKILLed leader is replaced.
 
@@ -24,11 +25,13 @@ claim waits and fits, so a grant can never be duplicated, even if two loops beli
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dpf_sched.clock import Clock, WallClock
+from dpf_sched.clock import Clock
 from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
 from dpf_sched.ledger.base import ClaimState
 from dpf_sched.ledger.sql import SqlLedger, open_store
@@ -40,6 +43,35 @@ logger = logging.getLogger(__name__)
 
 #: Default seconds of silence after which PostgreSQL ends the scheduling loop's session (see ``idle_bound``).
 LEADER_IDLE_BOUND = 10.0
+
+
+class LeaderClock:
+    """The scheduling loop's clock: monotonic time anchored on the wall clock when the loop takes the lease.
+
+    Expiring a claim and a timed unlock cannot be undone, so the leader must not act on a wall-clock step: a step
+    forward of its host's clock would expire waiting claims and unlock budget early. ``CLOCK_MONOTONIC`` is
+    slewed by NTP (it keeps real time's rate) but never stepped, so while a loop leads, steps of the wall clock
+    change nothing. The wall clock is read once per takeover (:meth:`anchor`), and the time given never goes
+    back. Claim arrivals and block creation times are still stamped by the API processes' wall clocks: hosts run
+    NTP, and a step there only moves that one stamp (see docs/service.md, failure modes).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch = time.time()
+        self._mono = time.monotonic()
+        self._last = -math.inf
+
+    def anchor(self) -> None:
+        """Re-read the wall clock (at a takeover), never going back from a time already given."""
+        with self._lock:
+            self._epoch = max(time.time(), self._last)
+            self._mono = time.monotonic()
+
+    def now(self) -> float:
+        with self._lock:
+            self._last = max(self._last, self._epoch + (time.monotonic() - self._mono))
+            return self._last
 
 
 class LeaderLedger(SqlLedger):
@@ -127,7 +159,7 @@ class LeaderLoop:
         self.poll = poll
         self.lease_retry = lease_retry
         self.on_change = on_change
-        self.clock = WallClock()
+        self.clock = LeaderClock()
         self._stop = threading.Event()
         self._nudge = threading.Event()
         self._thread: threading.Thread | None = None
@@ -212,6 +244,7 @@ class LeaderLoop:
         except GrantLeaseError:
             return False
         # We hold the lease: build the scheduler from the ledger alone.
+        self.clock.anchor()
         sched = LeaderScheduler(led, self.policy, self.clock, **self.params)
         led.observer = self._observe
         waiting = []
