@@ -808,13 +808,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
 async def _watch(svc: Service, feed: ChangeFeed) -> None:
     """Wake the long polls whenever the journal grows (one cheap query per ``wait_poll``)."""
+    failing = False
     while True:
         try:
             seq = await run_in_threadpool(svc.tables.max_seq)
+            if failing:
+                logger.warning("change feed: the ledger answers again")
+                failing = False
             if seq != feed.seq:
                 feed.seq = seq
                 feed.notify()
         except DpfSchedError as e:
-            logger.warning("change feed: %s", e)
+            if not failing:  # once per outage, not every poll (the connection reconnects with backoff)
+                logger.warning("change feed: %s", e)
+            failing = True
         await asyncio.sleep(svc.config.wait_poll)
 
