@@ -6,11 +6,10 @@ serialised across every process using the database (so a write sees every earlie
 may hold.
 
 * SQLite: writers are serialised by an OS lock (``flock``) on ``<db>-write.lock`` and then ``BEGIN IMMEDIATE``
-  (SQLite's own write lock, with a busy timeout, as the backstop). A waiting writer polls the ``flock`` with
-  short, growing sleeps (0.1 ms to 2 ms) so that its wait is bounded by ``busy_timeout`` (a blocking ``flock``
-  cannot time out). The grant lease is an ``flock`` on ``<db>-grant.lock``, released by the kernel when its
-  holder dies. The database runs in WAL mode with ``synchronous=FULL`` by default: each commit is fsynced before
-  it is acknowledged.
+  (SQLite's own write lock, with a busy timeout, as the backstop). A waiting writer waits in the kernel's queue
+  (woken at once on release) for at most ``busy_timeout``. The grant lease is an ``flock`` on
+  ``<db>-grant.lock``, released by the kernel when its holder dies. The database runs in WAL mode with
+  ``synchronous=FULL`` by default: each commit is fsynced before it is acknowledged.
 * PostgreSQL: a write transaction takes ``pg_advisory_xact_lock`` (released at commit or rollback); the grant
   lease is a session-level ``pg_advisory_lock``, released when the holder's connection ends. Every transaction
   states its isolation level (writes READ COMMITTED, reads REPEATABLE READ), whatever the server's default. Each
@@ -32,6 +31,7 @@ import math
 import os
 import random
 import sqlite3
+import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -149,29 +149,63 @@ class _FileLock:
         try:
             if blocking and timeout is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            elif not self._poll(fd, 0.0 if not blocking else timeout):
-                os.close(fd)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not blocking:
                 return False
+            assert timeout is not None
+            got = self._wait(timeout)
+            if got is None:
+                return False
+            fd = got
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
         return True
 
-    @staticmethod
-    def _poll(fd: int, timeout: float | None) -> bool:
-        # A blocking flock cannot time out; poll the non-blocking one with growing sleeps (0.1 ms .. 2 ms) instead.
-        deadline = time.monotonic() + max(timeout or 0.0, 0.0)
-        delay = 1e-4
-        while True:
+    def _wait(self, timeout: float) -> int | None:
+        """A blocking ``flock`` with a time limit: the descriptor holding the lock, or None after ``timeout``.
+
+        A blocking ``flock`` cannot time out, and polling the non-blocking one would let a writer that re-locks
+        at once starve the sleeping pollers; so a helper thread waits in the kernel's queue (woken at once on
+        release, as before) on its own descriptor. If the caller gave up first, the helper unlocks and closes
+        the descriptor as soon as it gets the lock (a stalled holder leaves one blocked helper per timed-out
+        wait until it is resumed or killed).
+        """
+        got: list[int] = []
+        gate = threading.Lock()
+        cancelled = [False]
+        done = threading.Event()
+
+        def run() -> None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-            time.sleep(delay)
-            delay = min(delay * 2.0, 2e-3)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                done.set()
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                os.close(fd)
+                done.set()
+                return
+            with gate:
+                if cancelled[0]:
+                    os.close(fd)  # closing the only descriptor of its open file releases the lock
+                    return
+                got.append(fd)
+            done.set()
+
+        threading.Thread(target=run, name="dpf-sched-flock-wait", daemon=True).start()
+        done.wait(max(timeout, 0.0))
+        with gate:
+            if got:
+                return got[0]
+            cancelled[0] = True
+            return None
 
     def release(self) -> None:
         if self.fd is not None:
