@@ -33,7 +33,7 @@ from dpf_sched.block import Block
 from dpf_sched.budget import EpsDelta
 from dpf_sched.claim import Claim
 from dpf_sched.composition import BasicComposition
-from dpf_sched.errors import StorageTimeoutError
+from dpf_sched.errors import LedgerStorageError, StorageTimeoutError
 from dpf_sched.ledger.base import ClaimState
 from dpf_sched.ledger.sql import SqlLedger, open_ledger, open_store
 from dpf_sched.policies.base import Decision, PassContext
@@ -517,3 +517,32 @@ def test_a_wall_clock_step_on_the_leader_expires_nothing(db: str, monkeypatch: p
     finally:
         monkeypatch.undo()
         close(loop, api)
+
+
+@PG_SKIP
+def test_a_transaction_whose_connection_died_is_never_continued_on_a_new_one() -> None:
+    """The reconnect's safety: after the session dies inside a write transaction, the transaction's later
+    statements fail (they would otherwise run in autocommit on a new session, half a transaction committed)
+    until the caller rolls back; the next call then reconnects, and the lease is no longer believed held."""
+    name = new_schema_name("dpf_faults")
+    app = f"dpf_faults_{uuid.uuid4().hex[:12]}"
+    db = with_options(pg_url(name), application_name=app)
+    try:
+        led = open_ledger(db, BasicComposition())
+        store = led._store
+        assert store.try_grant_lease()
+        store.begin_write()
+        assert terminate_backends(app) == 1
+        with pytest.raises(LedgerStorageError, match="connection lost"):
+            store.execute("SELECT 1")
+        with pytest.raises(LedgerStorageError, match="inside a transaction"):
+            store.execute("INSERT INTO dpf_meta (key, value) VALUES ('x', 'y')")
+        store.rollback()
+        assert store.execute("SELECT COUNT(*) FROM dpf_meta WHERE key = 'x'") == [(0,)]  # reconnected
+        assert not store._grant_held  # the lease died with the old session; taking it again is a new decision
+        assert store.try_grant_lease()
+        led.add_block(Block("b", eps(1.0), created=time.time()))
+        assert led.journal_length == 1 and led.audit().ok
+        led.close()
+    finally:
+        drop_schemas([name])
