@@ -269,10 +269,11 @@ def test_service_reconnects_after_its_connections_are_terminated(tmp_path: Path)
                 t.start()
             try:
                 # The API's ledger, the service tables and the leader each hold one session (the change feed and
-                # the readiness probe share the tables'): at least three are ended each time.
-                for _ in range(2):
+                # the readiness probe share the tables'): at least three are ended the first time; the second
+                # time, those already reopened.
+                for minimum in (3, 1):
                     time.sleep(1.0)
-                    assert terminate_backends(app) >= 3
+                    assert terminate_backends(app) >= minimum
                 time.sleep(1.5)
             finally:
                 stop.set()
@@ -395,7 +396,7 @@ _LEADER = textwrap.dedent(
     """
     import sys, time
     from dpf_sched.service.leader import LeaderLoop
-    loop = LeaderLoop(sys.argv[1], "fcfs", {}, poll=0.05, lease_retry=0.1, idle_bound=1.0)
+    loop = LeaderLoop(sys.argv[1], "fcfs", {}, poll=0.05, lease_retry=0.1, idle_bound=2.0)
     loop.start()
     while not loop.is_leader:
         time.sleep(0.01)
@@ -472,7 +473,7 @@ def test_stalled_writer_gets_bounded_waits_and_503(db: str, tmp_path: Path) -> N
 @PG_SKIP
 def test_stopped_leader_loses_the_lease_within_its_idle_bound() -> None:
     """Suspected item: a leader stopped (or partitioned) while it holds the lease must not keep it for hours.
-    PostgreSQL ends its idle session after the loop's idle bound (1 s here), and another process takes the lease
+    PostgreSQL ends its idle session after the loop's idle bound (2 s here), and another process takes the lease
     while it is still stopped; resumed, it finds its session gone and steps down (its grants were fenced: each is
     a transaction on that session)."""
     name = new_schema_name("dpf_faults")
@@ -486,8 +487,8 @@ def test_stopped_leader_loses_the_lease_within_its_idle_bound() -> None:
         assert not store.try_grant_lease()
         os.kill(proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
-        assert store.acquire_grant_lease(10.0), "the stopped leader kept its lease"
-        assert time.monotonic() - t0 < 10
+        assert store.acquire_grant_lease(15.0), "the stopped leader kept its lease"
+        assert time.monotonic() - t0 < 15
     finally:
         if proc is not None:
             finish(proc)
