@@ -547,3 +547,33 @@ def test_a_transaction_whose_connection_died_is_never_continued_on_a_new_one() -
         led.close()
     finally:
         drop_schemas([name])
+
+
+def test_a_request_behind_a_stuck_one_gets_503_not_a_queue() -> None:
+    """Finding 6 (the API side): a request waits for its process's ledger lock (held by a request stuck on the
+    database) only up to the bound, then fails with the typed timeout error, which the API answers with 503."""
+    from dpf_sched.service.app import _TimedLock, map_error
+
+    lock = _TimedLock(0.2)
+    held = threading.Event()
+    release = threading.Event()
+
+    def stuck() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=stuck)
+    t.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(StorageTimeoutError) as info, lock:
+            pass
+        assert 0.15 < time.monotonic() - t0 < 5
+        assert map_error(info.value).status == 503
+    finally:
+        release.set()
+        t.join(10)
+    with lock:  # free again once the stuck request ends
+        pass
