@@ -86,6 +86,11 @@ class LedgerStorageError(DpfSchedError):
     """
 
 
+class StorageTimeoutError(LedgerStorageError):
+    """A ledger write waited longer than its bound for another writer (stalled, or holding its transaction too
+    long) and gave up; nothing was written. Retry later (the HTTP service answers 503 with ``Retry-After``)."""
+
+
 class SchemaVersionError(LedgerStorageError):
     """A ledger database whose schema version this library cannot use (written by a newer version)."""
 

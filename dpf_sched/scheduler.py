@@ -24,7 +24,13 @@ from dpf_sched.budget import Budget
 from dpf_sched.claim import Claim
 from dpf_sched.clock import Clock, ManualClock
 from dpf_sched.composition import BoolArray
-from dpf_sched.errors import InvalidParameterError, InvalidStateError
+from dpf_sched.errors import (
+    DpfSchedError,
+    InsufficientBudgetError,
+    InvalidParameterError,
+    InvalidStateError,
+    UnknownBlockError,
+)
 from dpf_sched.ledger.base import ClaimRecord, ClaimState, FloatArray, IntArray, Ledger
 from dpf_sched.policies.base import Decision, PassContext, Policy, Unlock, Verdict
 from dpf_sched.policies.registry import create_policy
@@ -413,20 +419,41 @@ class Scheduler:
             if d.handle not in self.queue:
                 continue
             q = self.queue.get(d.handle)
-            if d.verdict is Verdict.GRANT:
-                self.ledger.allocate(q.id, now)
-                lease_deadline = self.ledger.lease_deadline(q.id)
-                if lease_deadline is not None:
-                    heapq.heappush(self._leases, (lease_deadline, q.id))
-            elif d.verdict is Verdict.REJECT:
-                self.ledger.reject(q.id, now, d.reason or "rejected by policy")
-            else:
+            try:
+                if d.verdict is Verdict.GRANT:
+                    self.ledger.allocate(q.id, now)
+                    lease_deadline = self.ledger.lease_deadline(q.id)
+                    if lease_deadline is not None:
+                        heapq.heappush(self._leases, (lease_deadline, q.id))
+                elif d.verdict is Verdict.REJECT:
+                    self.ledger.reject(q.id, now, d.reason or "rejected by policy")
+                else:
+                    continue
+            except (InvalidStateError, InsufficientBudgetError, UnknownBlockError) as e:
+                if not self._refused(q, d, e):
+                    raise
                 continue
             self.queue.remove(d.handle)
             self._handles.pop(q.id, None)
             self.policy.forget(d.handle)
             out.append(Outcome(q.id, d.verdict, d.reason))
         return out
+
+    def _refused(self, q: QueuedClaim, d: Decision, error: DpfSchedError) -> bool:
+        """The ledger refused decision ``d`` on claim ``q`` (nothing was written). Return True to carry on with
+        the pass's other decisions, False to raise ``error``.
+
+        Here every refusal raises: with one scheduler per ledger a refusal is a bug. A scheduler that shares
+        its ledger with other writers (the service's loop) overrides this.
+        """
+        return False
+
+    def _forget(self, q: QueuedClaim) -> None:
+        """Take a claim out of the queue without writing anything (it left the waiting state elsewhere)."""
+        if q.handle in self.queue:
+            self.queue.remove(q.handle)
+        self._handles.pop(q.id, None)
+        self.policy.forget(q.handle)
 
     def step(self) -> list[Outcome]:
         """One instant at the clock's time: due unlocks, lapsed leases, expiries, then one pass. Returns the

@@ -46,6 +46,7 @@ from dpf_sched.errors import (
     LeaseExpiredError,
     LedgerStorageError,
     OverConsumptionError,
+    StorageTimeoutError,
     UnknownBlockError,
     UnknownClaimError,
 )
@@ -160,11 +161,21 @@ def map_error(e: DpfSchedError) -> ApiError:
     return ApiError(422, "invalid", str(e))  # pragma: no cover - DpfSchedError is the last entry
 
 
+#: Seconds a 503 asks the client to wait before retrying (``Retry-After``): the ledger is reconnecting, or a
+#: bounded wait for a lock ran out.
+RETRY_AFTER = 1
+#: Seconds a request waits for the process's ledger lock (held by a request that waits on the database, itself
+#: bounded) before it answers 503.
+API_LOCK_TIMEOUT = 15.0
+
+
 def _reply(err: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
     # A reason may quote the caller's input (a key of a rejected body): text that is not valid Unicode (a lone
     # surrogate from a JSON escape) is shown escaped, or the reply itself could not be encoded.
     detail = err.detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    if err.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER)}
     return JSONResponse({"error": err.code, "detail": detail}, status_code=err.status, headers=headers)
 
 
@@ -300,6 +311,24 @@ class ChangeFeed:
         event.set()
 
 
+class _TimedLock:
+    """The process's ledger lock, but a request waits for it at most ``timeout`` seconds and then gets
+    :class:`~dpf_sched.errors.StorageTimeoutError` (503) instead of queueing forever behind a stalled one."""
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StorageTimeoutError(
+                f"the ledger connection of this process stayed busy for over {self.timeout:g} s; try again"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Service:
     """Everything one process serves with: the API's ledger connection (under a lock), the service tables,
     the scheduling loop and the change feed."""
@@ -308,7 +337,7 @@ class Service:
         self.config = config
         self.ledger = open_service_ledger(config.db, config.composition)
         self.composition = self.ledger.composition
-        self.lock = threading.Lock()
+        self.lock = _TimedLock(API_LOCK_TIMEOUT)
         self.clock = WallClock()
         try:
             self.tables = ServiceTables(open_store(config.db, create=False))
@@ -830,13 +859,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
 async def _watch(svc: Service, feed: ChangeFeed) -> None:
     """Wake the long polls whenever the journal grows (one cheap query per ``wait_poll``)."""
+    failing = False
     while True:
         try:
             seq = await run_in_threadpool(svc.tables.max_seq)
+            if failing:
+                logger.warning("change feed: the ledger answers again")
+                failing = False
             if seq != feed.seq:
                 feed.seq = seq
                 feed.notify()
         except DpfSchedError as e:
-            logger.warning("change feed: %s", e)
+            if not failing:  # once per outage, not every poll (the connection reconnects with backoff)
+                logger.warning("change feed: %s", e)
+            failing = True
         await asyncio.sleep(svc.config.wait_poll)
 

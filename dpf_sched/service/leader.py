@@ -2,7 +2,8 @@
 
 Every `dpf-sched serve` process runs a :class:`LeaderLoop` thread. It tries to take the ledger's grant lease
 (an ``flock`` on SQLite, a session-level ``pg_advisory_lock`` on PostgreSQL); the process that holds it is the
-*leader* and runs a :class:`~dpf_sched.scheduler.Scheduler` on its own ledger connection with the wall clock.
+*leader* and runs a :class:`~dpf_sched.scheduler.Scheduler` on its own ledger connection with its own clock
+(:class:`LeaderClock`: monotonic time anchored on the wall clock at takeover).
 The others retry every ``lease_retry`` seconds. The lease dies with its holder (the kernel drops the ``flock``
 of a killed process, PostgreSQL the advisory lock of a dead connection), so a SIGKILLed leader is replaced.
 
@@ -28,35 +29,62 @@ even if two loops believed they were leaders.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from dpf_sched.clock import Clock, WallClock
+from dpf_sched.clock import Clock
 from dpf_sched.composition import BoolArray
 from dpf_sched.errors import DpfSchedError, GrantLeaseError, InvalidStateError, UnknownClaimError
 from dpf_sched.ledger.base import ClaimState, FloatArray, IntArray
 from dpf_sched.ledger.sql import SqlLedger, open_store
 from dpf_sched.policies.base import Decision
+from dpf_sched.queue import QueuedClaim
 from dpf_sched.scheduler import Outcome, Scheduler
 
 logger = logging.getLogger(__name__)
 
+#: Default seconds of silence after which PostgreSQL ends the scheduling loop's session (see ``idle_bound``).
+LEADER_IDLE_BOUND = 10.0
+
+
+class LeaderClock:
+    """The scheduling loop's clock: monotonic time anchored on the wall clock when the loop takes the lease.
+
+    Expiring a claim and a timed unlock cannot be undone, so the leader must not act on a wall-clock step: a step
+    forward of its host's clock would expire waiting claims and unlock budget early. ``CLOCK_MONOTONIC`` is
+    slewed by NTP (it keeps real time's rate) but never stepped, so while a loop leads, steps of the wall clock
+    change nothing. The wall clock is read once per takeover (:meth:`anchor`), and the time given never goes
+    back. Claim arrivals and block creation times are still stamped by the API processes' wall clocks: hosts run
+    NTP, and a step there only moves that one stamp (see docs/service.md, failure modes).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch = time.time()
+        self._mono = time.monotonic()
+        self._last = -math.inf
+
+    def anchor(self) -> None:
+        """Re-read the wall clock (at a takeover), never going back from a time already given."""
+        with self._lock:
+            self._epoch = max(time.time(), self._last)
+            self._mono = time.monotonic()
+
+    def now(self) -> float:
+        with self._lock:
+            self._last = max(self._last, self._epoch + (time.monotonic() - self._mono))
+            return self._last
+
 
 class LeaderLedger(SqlLedger):
-    """The leader's ledger: a grant or rejection of a claim that left the waiting state elsewhere (withdrawn by
-    its owner through another connection) is skipped instead of failing the whole pass; the transaction
-    refused it and nothing changed."""
-
-    def allocate(self, claim_id: str, now: float) -> None:
-        try:
-            super().allocate(claim_id, now)
-        except InvalidStateError:
-            if self.state(claim_id) is ClaimState.WAITING:
-                raise
-            logger.info("claim %s left the waiting state elsewhere; not granted", claim_id)
+    """The leader's ledger: a rejection of a claim that left the waiting state elsewhere (withdrawn by its owner
+    through another connection) is skipped instead of failing the whole pass; the transaction refused it and
+    nothing changed. (A refused *grant* is the scheduler's business: :meth:`LeaderScheduler._refused`.)"""
 
     def reject(self, claim_id: str, now: float, reason: str) -> None:
         try:
@@ -102,6 +130,20 @@ class LeaderScheduler(Scheduler):
         with self._sql.batch():
             return super()._expire_leases(now)
 
+    def _refused(self, q: QueuedClaim, d: Decision, error: DpfSchedError) -> bool:
+        """A grant (or rejection) the ledger refused because another process changed the claim or its blocks
+        since the pass read them: withdrawn (it left the waiting state), a block retired, budget gone. It is one
+        decision's outcome, not the pass's: nothing was written for it, the pass's other decisions stand (the
+        batch keeps them), and the claim's blocks are marked dirty so the next pass offers what the policy had
+        set aside for it to the claims behind it. A claim that still waits stays queued (a retired block's
+        claims are then rejected by the next step)."""
+        state = self.ledger.state(q.id)
+        logger.info("decision %s on claim %s refused (%s); claim is %s", d.verdict.value, q.id, error, state.value)
+        self._dirty.update(int(i) for i in q.idx)
+        if state is not ClaimState.WAITING:
+            self._forget(q)
+        return True
+
 
 class LeaderLoop:
     """The scheduling loop of one process (a thread): takes the grant lease when free, then schedules.
@@ -118,6 +160,11 @@ class LeaderLoop:
         Seconds between two attempts of a follower to take the lease.
     on_change
         Called (from this thread) after a step that changed something, so waiters can look again.
+    idle_bound
+        PostgreSQL ends this loop's session once it has been idle this many seconds (at least 4 × ``poll`` and
+        4 × ``lease_retry``): a stopped (SIGSTOP) or partitioned leader thus loses the lease within about this
+        bound (plus the keepalive bound when partitioned), and its grants are fenced because each is a
+        transaction on that same session.
     """
 
     def __init__(
@@ -129,14 +176,16 @@ class LeaderLoop:
         poll: float = 0.05,
         lease_retry: float = 0.5,
         on_change: Callable[[], None] | None = None,
+        idle_bound: float = LEADER_IDLE_BOUND,
     ) -> None:
         self.url = url
+        self.idle_bound = max(idle_bound, 4.0 * poll, 4.0 * lease_retry)
         self.policy = policy
         self.params = dict(params)
         self.poll = poll
         self.lease_retry = lease_retry
         self.on_change = on_change
-        self.clock = WallClock()
+        self.clock = LeaderClock()
         self._stop = threading.Event()
         self._nudge = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,31 +257,42 @@ class LeaderLoop:
 
     def _try_lead(self) -> bool:
         if self._ledger is None:
-            self._ledger = LeaderLedger(open_store(self.url, create=False), create=False, grant_timeout=0.0)
+            store = open_store(self.url, create=False)
+            try:
+                store.bound_idle(self.idle_bound)
+            except BaseException:
+                store.close()
+                raise
+            self._ledger = LeaderLedger(store, create=False, grant_timeout=0.0)
         led = self._ledger
         try:
             led.hold_grant_lease(0.0)
         except GrantLeaseError:
             return False
         # We hold the lease: build the scheduler from the ledger alone.
+        self.clock.anchor()
         sched = LeaderScheduler(led, self.policy, self.clock, **self.params)
         led.observer = self._observe
-        self._events = []
-        self._high = led.journal_length  # catches up; what it replays is in the snapshot below
-        self._events = []
-        for block in list(led.blocks()):
-            sched.adopt_block(block.id)
         waiting = []
         leases = 0
-        for cid in list(led.claim_ids()):
-            record = led.claim(cid)
-            sched.replay_arrival(record)
-            if record.state is ClaimState.WAITING:
-                waiting.append(record)
-            elif record.state is ClaimState.GRANTED and record.lease_deadline is not None:
-                leases += sched.adopt_lease(cid)
-        for record in waiting:
-            sched.adopt(record, arrival_unlock=False)
+        # One consistent snapshot: the scheduler is built inside one write transaction, so no other process can
+        # commit while it is (every journal write takes the write lock). What this build read is exactly the
+        # journal up to ``_high``; what others commit later reaches the first tick through the observer, once.
+        # (Reading the journal length and then the claims outside it counted a claim committed in between twice.)
+        with led.batch():
+            self._high = led.journal_length
+            self._events = []
+            for block in list(led.blocks()):
+                sched.adopt_block(block.id)
+            for cid in list(led.claim_ids()):
+                record = led.claim(cid)
+                sched.replay_arrival(record)
+                if record.state is ClaimState.WAITING:
+                    waiting.append(record)
+                elif record.state is ClaimState.GRANTED and record.lease_deadline is not None:
+                    leases += sched.adopt_lease(cid)
+            for record in waiting:
+                sched.adopt(record, arrival_unlock=False)
         self._sched = sched
         self.error = None
         self._leader.set()

@@ -3,16 +3,18 @@
 Open one by URL with :func:`open_ledger`:
 
 * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, or a plain file path;
-  query options ``synchronous=full|normal``;
+  query options ``synchronous=full|normal`` and ``lock_timeout=SECONDS`` (bound on a wait for another writer);
 * ``postgresql://user@host:port/dbname?schema=NAME`` (``postgres://`` too); ``schema`` selects the PostgreSQL
-  schema holding the tables (default ``public``), every other parameter goes to libpq.
+  schema holding the tables (default ``public``); ``lock_timeout``, ``idle_in_transaction_timeout`` and
+  ``statement_timeout`` (seconds) bound the session's waits; every other parameter goes to libpq.
 
 See ``docs/ledger.md`` for the schema, transactions, durability, locking, idempotency, audit and migration.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import math
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from dpf_sched.composition import Composition
 from dpf_sched.errors import InvalidParameterError
@@ -25,7 +27,20 @@ from dpf_sched.ledger.sql.ledger import (
     eps_delta_of,
 )
 from dpf_sched.ledger.sql.schema import SCHEMA_VERSION
-from dpf_sched.ledger.sql.stores import PostgresStore, SqliteStore, Store
+from dpf_sched.ledger.sql.stores import LOCK_TIMEOUT, PostgresStore, SqliteStore, Store
+
+#: PostgreSQL URL options that bound the waits of a session (seconds; see :class:`PostgresStore`).
+_PG_BOUNDS = ("lock_timeout", "idle_in_transaction_timeout", "statement_timeout")
+
+
+def _seconds_option(url: str, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidParameterError(f"URL option {name} must be a number of seconds > 0, got {text!r} in {url!r}")
+    return value
 
 
 def open_store(url: str, *, create: bool = True) -> Store:
@@ -37,8 +52,12 @@ def open_store(url: str, *, create: bool = True) -> Store:
     if scheme in ("postgresql", "postgres"):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         schema = query.pop("schema", None)
-        conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
-        return PostgresStore(conninfo, schema=schema, create=create)
+        # quote, not urlencode's default quote_plus: libpq reads "+" as a plus sign, not a space (options=-c a=b).
+        bounds = {k: _seconds_option(url, k, query.pop(k)) for k in _PG_BOUNDS if k in query}
+        conninfo = urlunsplit(
+            (parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), parts.fragment)
+        )
+        return PostgresStore(conninfo, schema=schema, create=create, **bounds)
     if scheme == "sqlite":
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if parts.netloc:
@@ -46,10 +65,11 @@ def open_store(url: str, *, create: bool = True) -> Store:
         if not path:
             raise InvalidParameterError(f"sqlite URL without a path: {url!r}")
         query = dict(parse_qsl(parts.query))
-        unknown = set(query) - {"synchronous"}
+        unknown = set(query) - {"synchronous", "lock_timeout"}
         if unknown:
             raise InvalidParameterError(f"unknown sqlite URL options {sorted(unknown)} in {url!r}")
-        return SqliteStore(path, create=create, synchronous=query.get("synchronous", "full"))
+        wait = _seconds_option(url, "lock_timeout", query["lock_timeout"]) if "lock_timeout" in query else LOCK_TIMEOUT
+        return SqliteStore(path, create=create, synchronous=query.get("synchronous", "full"), busy_timeout=wait)
     if scheme and len(scheme) > 1:  # "C:" is a Windows drive, not a scheme
         raise InvalidParameterError(f"unsupported ledger URL scheme {parts.scheme!r} in {url!r}: use sqlite/postgresql")
     return SqliteStore(url, create=create)
