@@ -19,16 +19,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
-from dpf_sched.budget import AlphaGrid
+from dpf_sched.budget import AlphaGrid, RenyiCurve
 from dpf_sched.claim import Claim
-from dpf_sched.errors import InvalidParameterError, InvalidStateError
+from dpf_sched.errors import DpfSchedError, InvalidParameterError, InvalidStateError
 from dpf_sched.integrations.opacus.client import BudgetClient, _as_client, _renyi, claim_and_wait
 from dpf_sched.integrations.opacus.data import GrantedDataset, Rows
 from dpf_sched.integrations.opacus.errors import AccountingMismatchError, BudgetExhaustedError, CommitError
+from dpf_sched.integrations.opacus.history import Segment, _merge, history_curve
 from dpf_sched.integrations.opacus.hook import BudgetHook
 from dpf_sched.integrations.opacus.plan import (
     DpSgdPlan,
@@ -38,7 +40,7 @@ from dpf_sched.integrations.opacus.plan import (
     plan_for_loader,
 )
 from dpf_sched.integrations.opacus.report import RunReport, RunStatus
-from dpf_sched.ledger.base import ClaimRecord
+from dpf_sched.ledger.base import ClaimRecord, ClaimState
 from dpf_sched.scheduler import Scheduler
 from dpf_sched.selector import BlockSelector
 
@@ -79,6 +81,7 @@ class BudgetedTraining:
         poisson_sampling: bool = True,
         accumulation_steps: int = 1,
         opacus_kwargs: Mapping[str, Any] | None = None,
+        charge_every: int | None = None,
     ) -> None:
         if (noise_multiplier is None) == (target_epsilon is None):
             raise InvalidParameterError("give either noise_multiplier or target_epsilon (with target_delta)")
@@ -103,6 +106,11 @@ class BudgetedTraining:
         self._poisson = poisson_sampling
         self._accumulation = accumulation_steps
         self._opacus_kwargs = dict(opacus_kwargs or {})
+        self._charge_every = None if charge_every is None else _positive_int("charge_every", charge_every)
+        self._resume: dict[str, Any] | None = None
+        self._steps_before = 0  # steps taken under earlier claims (a job resumed under a new claim)
+        self._resumes = 0
+        self.notes: list[str] = []
         self._state = "new"
         self.plan: DpSgdPlan | None = None
         self.record: ClaimRecord | None = None
@@ -165,31 +173,38 @@ class BudgetedTraining:
         )
 
     def start(self) -> BudgetedTraining:
-        """Plan, claim, wait for the grant, open the data and make the training objects private."""
+        """Plan, claim (or continue a checkpoint's claim), wait for the grant, open the data, make it all private."""
         if self._state != "new":
             raise InvalidStateError(f"budgeted training {self.claim_id} was already started")
         self._state = "starting"
         client = self.engine.client
         module, optimizer, loader = self._raw
+        continued = False
         try:
             self._blocks = self._resolve_blocks(client, loader.dataset)
             plan = self._make_plan(client.alpha_grid(), loader)
             self.plan = plan
-            claim = Claim.uniform(
-                self.claim_id, self._blocks, plan.demand, timeout=self._timeout, owner=self._owner, weight=self._weight
-            )
-            self.record = claim_and_wait(client, claim, self._timeout)
+            if self._resume is not None:
+                continued = self._resume_claim(client, plan)
+            if not continued:
+                demand = plan.demand if self._resume is None else self._remaining_demand(plan)
+                claim = Claim.uniform(
+                    self.claim_id, self._blocks, demand, timeout=self._timeout, owner=self._owner, weight=self._weight
+                )
+                self.record = claim_and_wait(client, claim, self._timeout)
         except BaseException:
-            self._state = "refused"  # no grant is held: nothing to give back
+            self._state = "refused"  # no grant is held by this session: nothing to give back
             raise
+        record = self.record
+        assert record is not None
         try:
             if self._dataset is not None:
-                self._dataset.open(self.record)
+                self._dataset.open(record)
             result = self.engine.privacy_engine.make_private(
                 module=module,
                 optimizer=optimizer,
                 data_loader=loader,
-                noise_multiplier=plan.noise_multipliers[0],
+                noise_multiplier=plan.noise_multipliers[self._epochs_done()],
                 max_grad_norm=self._max_grad_norm,
                 poisson_sampling=self._poisson,
                 **self._opacus_kwargs,
@@ -204,15 +219,10 @@ class BudgetedTraining:
                     f"the private loader gives (q={q!r}, {per_epoch} steps/epoch) but the plan assumed "
                     f"(q={plan.sample_rate!r}, {plan.steps_per_epoch} steps/epoch)"
                 )
-            self.hook = BudgetHook(
-                claim_id=self.claim_id,
-                grant=plan.demand,
-                sample_rate=1 / len(self.data_loader),
-                accountant=self.engine.accountant,
-            )
+            self.hook = self._make_hook(client, record, continued)
             self.hook.attach(self.optimizer)
         except BaseException:
-            # Nothing was trained: give the whole grant back before surfacing the error.
+            # Nothing was trained in this session: give the rest of the grant back before surfacing the error.
             if self._dataset is not None:
                 self._dataset.close()
             self._state = "failed-start"
@@ -220,6 +230,175 @@ class BudgetedTraining:
             raise
         self._state = "running"
         return self
+
+    # ----- write-ahead charging, checkpoint and resume -------------------------------------------------------
+    def _charge(self, increment: RenyiCurve) -> None:
+        """Consume ``increment`` on every block of the claim (one chunk, before its steps run)."""
+        if not increment.is_zero():
+            self.engine.client.consume(self.claim_id, dict.fromkeys(self._blocks, increment))
+
+    def _make_hook(self, client: BudgetClient, record: ClaimRecord, continued: bool) -> BudgetHook:
+        plan = self.plan
+        assert plan is not None
+        grant = _renyi(record.claim.demand[self._blocks[0]])
+        every = self._charge_every if self._charge_every is not None else plan.steps_per_epoch
+        common: dict[str, Any] = {
+            "claim_id": self.claim_id,
+            "grant": grant,
+            "sample_rate": 1 / len(self.data_loader),
+            "accountant": self.engine.accountant,
+            "charge": self._charge,
+            "charge_every": every,
+        }
+        if not continued:
+            return BudgetHook(**common)
+        saved = self._resume
+        assert saved is not None
+        hook_state = saved["hook"]
+        ledger_consumed = _renyi(record.consumed[self._blocks[0]])
+        charged = [Segment.of(c) for c in hook_state["charged"]]
+        hook = BudgetHook(
+            **common,
+            consumed=ledger_consumed,
+            charged=charged,
+            ahead=0,  # steps charged ahead of the checkpoint may have run in the lost process: never reused
+            start=hook_state["start"],
+        )
+        if int(hook_state["ahead"]):
+            self.notes.append(
+                f"{hook_state['ahead']} step(s) charged ahead of the checkpoint are forfeited (they may have run "
+                "before the crash)"
+            )
+        if np.any(ledger_consumed.values > np.asarray(hook_state["consumed"], dtype=np.float64)):
+            self.notes.append(
+                "the claim consumed more after the checkpoint than the checkpoint knows (chunks charged by the lost "
+                "process); that budget stays spent"
+            )
+        return hook
+
+    def _epochs_done(self) -> int:
+        """Whole epochs the job had taken when its checkpoint was saved (0 for a fresh job)."""
+        if self._resume is None or self.plan is None:
+            return 0
+        return min(int(self._resume["steps_taken"]) // self.plan.steps_per_epoch, self.plan.epochs - 1)
+
+    def _resume_claim(self, client: BudgetClient, plan: DpSgdPlan) -> bool:
+        """Restore the accountant from the checkpoint; continue its claim if still granted (True), else False."""
+        saved = self._resume
+        assert saved is not None
+        if list(saved["blocks"]) != list(self._blocks):
+            raise InvalidParameterError(
+                f"the checkpoint's job read blocks {saved['blocks']}, this one reads {list(self._blocks)}"
+            )
+        sp = saved["plan"]
+        if (sp["sample_rate"], sp["steps_per_epoch"], list(sp["noise_multipliers"])) != (
+            plan.sample_rate,
+            plan.steps_per_epoch,
+            list(plan.noise_multipliers),
+        ):
+            raise AccountingMismatchError(
+                f"the checkpoint was planned as {sp}, this job plans (q={plan.sample_rate!r}, "
+                f"{plan.steps_per_epoch} steps/epoch, σ={list(plan.noise_multipliers)})"
+            )
+        acc = saved["accountant"]
+        self.engine.accountant.load_state_dict(
+            {"history": [tuple(e) for e in acc["history"]], "mechanism": acc["mechanism"]}
+        )
+        previous = str(saved["claim_id"])
+        record: ClaimRecord | None
+        try:
+            record = client.status(previous)
+        except DpfSchedError as exc:
+            record = None
+            why = f"could not be read ({exc})"
+        else:
+            why = record.state.value
+        if record is not None and record.state is ClaimState.GRANTED:
+            self.claim_id = previous
+            self.record = record
+            self.notes.append(f"resumed claim {previous} (still granted); no new claim")
+            logger.info("claim %s: resumed from a checkpoint after %d steps", previous, saved["steps_taken"])
+            return True
+        self._steps_before = int(saved["steps_taken"])
+        n = int(saved.get("resumes", 0)) + 1
+        self.claim_id = f"{self.claim_id}-resume{n}"
+        self._resumes = n
+        self.notes.append(
+            f"claim {previous} is {why}: claimed {self.claim_id} for the {plan.steps - self._steps_before} "
+            "remaining planned steps"
+        )
+        logger.warning("%s", self.notes[-1])
+        return False
+
+    def _remaining_demand(self, plan: DpSgdPlan) -> RenyiCurve:
+        """The curve of the planned steps after the checkpoint's (what a new claim for the rest asks)."""
+        skip = self._steps_before
+        rest: tuple[Segment, ...] = ()
+        for seg in plan.segments:
+            k = seg.steps - min(skip, seg.steps)
+            skip -= seg.steps - k
+            if k:
+                rest = _merge(rest, Segment(seg.noise_multiplier, seg.sample_rate, k))
+        if not rest:
+            raise InvalidStateError(f"the checkpoint's job already took all {plan.steps} planned steps")
+        return history_curve(plan.grid, rest)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The session's budget state as plain values, to ``torch.save`` beside the model checkpoint.
+
+        Holds the claim id, the blocks, the plan's numbers, the steps taken and charged, the hook's charge state
+        and the accountant's ``state_dict``. Save it at a chunk boundary (by default the end of an epoch): steps
+        charged ahead of a checkpoint are forfeited on resume, since the lost process may have run them.
+        """
+        if self._state != "running" or self.hook is None or self.plan is None:
+            raise InvalidStateError(f"budgeted training {self.claim_id} is not running (state {self._state})")
+        acc = self.engine.accountant.state_dict()
+        hook = self.hook
+        taken = self._steps_before + sum(s.steps for s in hook.recorded())
+        return {
+            "version": 1,
+            "claim_id": self.claim_id,
+            "blocks": list(self._blocks),
+            "plan": {
+                "sample_rate": self.plan.sample_rate,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "noise_multipliers": list(self.plan.noise_multipliers),
+            },
+            "steps_taken": taken,
+            "steps_charged": hook.charged_steps,
+            "resumes": self._resumes,
+            "hook": hook.state(),
+            "accountant": {"history": [list(e) for e in acc["history"]], "mechanism": str(acc["mechanism"])},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` when the session starts (call before :meth:`start`/``with``).
+
+        The claim is continued when it is still granted (no new claim, nothing charged twice); otherwise a new
+        claim (``<claim_id>-resumeN``) asks for the remaining planned steps only. :attr:`notes` (and the report)
+        say which.
+        """
+        if self._state != "new":
+            raise InvalidStateError("load_state_dict must come before the session starts")
+        try:
+            if int(state["version"]) != 1:
+                raise InvalidParameterError(f"unknown budgeted-training state version {state['version']!r}")
+            checked: dict[str, Any] = {
+                "claim_id": str(state["claim_id"]),
+                "blocks": [str(b) for b in state["blocks"]],
+                "plan": dict(state["plan"]),
+                "steps_taken": int(state["steps_taken"]),
+                "steps_charged": int(state["steps_charged"]),
+                "resumes": int(state.get("resumes", 0)),
+                "hook": dict(state["hook"]),
+                "accountant": dict(state["accountant"]),
+            }
+            missing = [k for k in ("start", "charged", "ahead", "consumed") if k not in checked["hook"]]
+            if missing:
+                raise KeyError(f"hook.{missing[0]}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidParameterError(f"not a budgeted-training state: {exc!r}") from None
+        self._resume = checked
 
     def __enter__(self) -> BudgetedTraining:
         return self.start()
@@ -244,9 +423,15 @@ class BudgetedTraining:
         client = self.engine.client
         try:
             segments = hook.recorded()
-            consumed = hook.committed_curve()
-            if not consumed.is_zero():
-                client.consume(self.claim_id, dict.fromkeys(self._blocks, consumed))
+            spent = hook.committed_curve()
+            if hook.charge_failed is not None:
+                # The failed chunk charge may or may not have landed: the ledger says what the claim holds.
+                hook.resync(_renyi(client.status(self.claim_id).consumed[self._blocks[0]]))
+            owed = hook.reconcile()
+            if not owed.is_zero():
+                client.consume(self.claim_id, dict.fromkeys(self._blocks, owed))
+                hook.settled(owed)
+            consumed = hook.consumed()
         except Exception as exc:
             logger.error("claim %s: could not commit the spend (%s); the grant is kept", self.claim_id, exc)
             raise CommitError(
@@ -256,12 +441,13 @@ class BudgetedTraining:
         remaining = {b: _renyi(v) for b, v in client.status(self.claim_id).remaining.items()}
         client.release(self.claim_id)
         steps = sum(s.steps for s in segments)
+        total_steps = self._steps_before + steps
         ours = isinstance(error, BudgetExhaustedError) and error.claim_id == self.claim_id
         if error is not None and not ours:
             status = RunStatus.FAILED
         elif hook.exhausted:
             status = RunStatus.EXHAUSTED
-        elif steps >= self.plan.steps:
+        elif total_steps >= self.plan.steps:
             status = RunStatus.COMPLETED
         else:
             status = RunStatus.STOPPED
@@ -272,8 +458,11 @@ class BudgetedTraining:
             blocks=self._blocks,
             accountant=str(self.engine.accountant.mechanism()),
             plan=self.plan,
-            granted=self.plan.demand,
+            granted=_renyi(self.record.claim.demand[self._blocks[0]]),
             consumed=consumed,
+            spent=spent,
+            charged_steps=hook.charged_steps,
+            notes=tuple(self.notes),
             released=remaining[self._blocks[0]],
             steps=steps,
             segments=segments,
@@ -282,11 +471,12 @@ class BudgetedTraining:
             released_by_block=remaining,
         )
         logger.info(
-            "claim %s %s after %d/%d steps; committed the accountant's spend and released the rest",
+            "claim %s %s after %d/%d steps (%d charged ahead); released the rest",
             self.claim_id,
             status.value,
-            steps,
+            total_steps,
             self.plan.steps,
+            hook.charged_steps,
         )
         return self.report
 
@@ -364,6 +554,7 @@ class BudgetedPrivacyEngine:
         weight: float = 1.0,
         poisson_sampling: bool = True,
         accumulation_steps: int = 1,
+        charge_every: int | None = None,
         **kwargs: Any,
     ) -> BudgetedTraining:
         """Like Opacus's ``make_private``, with the budget: claim ``epochs`` epochs' worth of budget, then train.
@@ -391,6 +582,7 @@ class BudgetedPrivacyEngine:
             poisson_sampling=poisson_sampling,
             accumulation_steps=accumulation_steps,
             opacus_kwargs=kwargs,
+            charge_every=charge_every,
         )
 
     def make_private_with_epsilon(
@@ -412,6 +604,7 @@ class BudgetedPrivacyEngine:
         weight: float = 1.0,
         poisson_sampling: bool = True,
         accumulation_steps: int = 1,
+        charge_every: int | None = None,
         **kwargs: Any,
     ) -> BudgetedTraining:
         """Like Opacus's ``make_private_with_epsilon``: σ is calibrated by the library's accountant on the ledger's
@@ -435,4 +628,5 @@ class BudgetedPrivacyEngine:
             poisson_sampling=poisson_sampling,
             accumulation_steps=accumulation_steps,
             opacus_kwargs=kwargs,
+            charge_every=charge_every,
         )
