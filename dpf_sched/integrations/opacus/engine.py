@@ -354,7 +354,7 @@ class BudgetedTraining:
             raise InvalidStateError(f"budgeted training {self.claim_id} is not running (state {self._state})")
         acc = self.engine.accountant.state_dict()
         hook = self.hook
-        taken = self._steps_before + sum(s.steps for s in hook.recorded())
+        taken = self._steps_before + hook.steps
         return {
             "version": 1,
             "claim_id": self.claim_id,
@@ -402,6 +402,13 @@ class BudgetedTraining:
 
     def __enter__(self) -> BudgetedTraining:
         return self.start()
+
+    @property
+    def steps_taken(self) -> int:
+        """Steps the job has taken, across a checkpoint and resume (the checkpoint's count before the start)."""
+        if self.hook is None:
+            return 0 if self._resume is None else int(self._resume["steps_taken"])
+        return self._steps_before + self.hook.steps
 
     # ----- leaving ---------------------------------------------------------------------------------------
     def steps_left(self) -> int:

@@ -238,16 +238,18 @@ class BudgetHook:
             "consumed": self._consumed.tolist(),
         }
 
-    def _room(self, segments: Sequence[Segment], step: Segment) -> int:
-        """How many steps of ``step``'s mechanism fit in the grant after ``segments``."""
+    def _room(self, segments: Sequence[Segment], step: Segment, charged: bool = False) -> int:
+        """How many steps of ``step``'s mechanism fit in the grant after ``segments`` (``charged``: segments are
+        the charged ones, and what the claim holds beyond them, a resumed job's lost chunks, counts too)."""
+        extra = self._extra if charged else 0.0
         per = self._curves.per_step(step.noise_multiplier, step.sample_rate)
-        room = self._limit - self._curves.total(segments)
+        room = self._limit - self._curves.total(segments) - extra
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(per > 0, room / per, np.inf)
         cap = float(np.min(ratio))
         n = max(0, math.floor(min(cap, 2.0**53)))
         # The estimate ignores rounding: settle it with the hook's own test.
-        while n > 0 and not self._fits(_merge(segments, Segment(step.noise_multiplier, step.sample_rate, n))):
+        while n > 0 and not self._fits(_merge(segments, Segment(step.noise_multiplier, step.sample_rate, n)), extra):
             n -= 1
         return n
 
@@ -263,14 +265,14 @@ class BudgetHook:
         if self._charge is None:
             return self._room(self._segments, step)
         ahead = self._ahead if self._charged and self._charged[-1].same_mechanism(step) else 0
-        return ahead + self._room(self._charged, step)
+        return ahead + self._room(self._charged, step, charged=True)
 
     def close(self) -> None:
         """Refuse every further step (the session is over)."""
         self._closed = True
 
-    def _fits(self, segments: Sequence[Segment]) -> bool:
-        return bool(np.all(self._curves.total(segments) <= self._limit))
+    def _fits(self, segments: Sequence[Segment], extra: Any = 0.0) -> bool:
+        return bool(np.all(self._curves.total(segments) + extra <= self._limit))
 
     def _refuse(self, optimizer: Any, step: Segment) -> None:
         self.exhausted = True
@@ -296,7 +298,7 @@ class BudgetHook:
                 self._ahead,
             )
             self._ahead = 0
-        k = min(self.charge_every, self._room(self._charged, step))
+        k = min(self.charge_every, self._room(self._charged, step, charged=True))
         if k < 1:
             self._refuse(optimizer, step)
         charged = _merge(self._charged, Segment(step.noise_multiplier, step.sample_rate, k))
