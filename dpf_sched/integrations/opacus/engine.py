@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -24,12 +24,19 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
-from dpf_sched.budget import AlphaGrid, RenyiCurve
+from dpf_sched.budget import AlphaGrid, Budget, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, InvalidStateError
 from dpf_sched.integrations.opacus.client import BudgetClient, _as_client, _renyi, claim_and_wait
 from dpf_sched.integrations.opacus.data import GrantedDataset, Rows
-from dpf_sched.integrations.opacus.errors import AccountingMismatchError, BudgetExhaustedError, CommitError
+from dpf_sched.integrations.opacus.errors import (
+    AccountingMismatchError,
+    BudgetExhaustedError,
+    ClaimRejectedError,
+    CommitError,
+    GrantTimeoutError,
+    NoGrantError,
+)
 from dpf_sched.integrations.opacus.history import Segment, _merge, history_curve
 from dpf_sched.integrations.opacus.hook import BudgetHook
 from dpf_sched.integrations.opacus.plan import (
@@ -45,6 +52,101 @@ from dpf_sched.scheduler import Scheduler
 from dpf_sched.selector import BlockSelector
 
 logger = logging.getLogger(__name__)
+
+
+def _distributed_world() -> int:
+    """The world size of an initialised ``torch.distributed`` process group (1 when there is none)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    return 1
+
+
+class _Collective:
+    """This process's rank in a DDP job and rank 0's broadcast (``torch.distributed.broadcast_object_list``).
+
+    Every call of :meth:`broadcast` is collective: all ranks make the same calls in the same order, which the
+    session guarantees by making them at the same points of a lock-step job (start, each chunk, finish).
+    """
+
+    def __init__(self) -> None:
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidStateError("a distributed budgeted job needs an initialised torch.distributed process group")
+        self.rank = int(dist.get_rank())
+        self.world = int(dist.get_world_size())
+
+    @property
+    def leader(self) -> bool:
+        """True on rank 0, the only rank that talks to the budget scheduler."""
+        return self.rank == 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj``, on every rank."""
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class _Rank0Client:
+    """The :class:`BudgetClient` of a DDP job's rank: reads are rank 0's answers, broadcast; writes are rank 0's.
+
+    ``alpha_grid`` and ``select_blocks`` are collective (every rank calls them at the same point); the claim's
+    operations are only made by rank 0 (the session sees to it) and refused elsewhere.
+    """
+
+    def __init__(self, inner: BudgetClient | None, collective: _Collective) -> None:
+        if collective.leader and inner is None:
+            raise InvalidParameterError("rank 0 of a distributed job needs a budget client")
+        self._inner = inner
+        self._coll = collective
+
+    def _shared(self, read: Callable[[BudgetClient], Any]) -> Any:
+        outcome: tuple[bool, Any] | None = None
+        if self._inner is not None and self._coll.leader:
+            try:
+                outcome = (True, read(self._inner))
+            except DpfSchedError as exc:
+                outcome = (False, f"{type(exc).__name__}: {exc}")
+        outcome = self._coll.broadcast(outcome)
+        assert outcome is not None
+        if not outcome[0]:
+            raise InvalidStateError(f"rank 0: {outcome[1]}")
+        return outcome[1]
+
+    def _leader(self) -> BudgetClient:
+        if self._inner is None or not self._coll.leader:
+            raise InvalidStateError("only rank 0 of a distributed job talks to the budget scheduler")
+        return self._inner
+
+    def alpha_grid(self) -> AlphaGrid:
+        grid: AlphaGrid = self._shared(lambda c: c.alpha_grid())
+        return grid
+
+    def select_blocks(self, selector: BlockSelector) -> tuple[str, ...]:
+        blocks: tuple[str, ...] = self._shared(lambda c: c.select_blocks(selector))
+        return blocks
+
+    def submit(self, claim: Claim) -> str:
+        return self._leader().submit(claim)
+
+    def wait(self, claim_id: str, timeout: float) -> ClaimRecord:
+        return self._leader().wait(claim_id, timeout)
+
+    def status(self, claim_id: str) -> ClaimRecord:
+        return self._leader().status(claim_id)
+
+    def consume(self, claim_id: str, amounts: Mapping[str, Budget] | None = None) -> None:
+        self._leader().consume(claim_id, amounts)
+
+    def release(self, claim_id: str) -> None:
+        self._leader().release(claim_id)
+
+    def withdraw(self, claim_id: str) -> Any:
+        withdraw = getattr(self._leader(), "withdraw", None)
+        if not callable(withdraw):
+            raise InvalidStateError("the budget client cannot withdraw claims")
+        return withdraw(claim_id)
 
 
 class BudgetedTraining:
@@ -184,14 +286,8 @@ class BudgetedTraining:
             self._blocks = self._resolve_blocks(client, loader.dataset)
             plan = self._make_plan(client.alpha_grid(), loader)
             self.plan = plan
-            if self._resume is not None:
-                continued = self._resume_claim(client, plan)
-            if not continued:
-                demand = plan.demand if self._resume is None else self._remaining_demand(plan)
-                claim = Claim.uniform(
-                    self.claim_id, self._blocks, demand, timeout=self._timeout, owner=self._owner, weight=self._weight
-                )
-                self.record = claim_and_wait(client, claim, self._timeout)
+            coll = self.engine.collective
+            continued = self._claim(client, plan) if coll is None else self._claim_on_rank0(coll, client, plan)
         except BaseException:
             self._state = "refused"  # no grant is held by this session: nothing to give back
             raise
@@ -226,10 +322,56 @@ class BudgetedTraining:
             if self._dataset is not None:
                 self._dataset.close()
             self._state = "failed-start"
-            client.release(self.claim_id)
+            if self.engine.collective is None or self.engine.collective.leader:
+                client.release(self.claim_id)
             raise
         self._state = "running"
         return self
+
+    def _claim(self, client: BudgetClient, plan: DpSgdPlan) -> bool:
+        """Continue the checkpoint's claim (True) or claim and wait for a new grant (False); sets :attr:`record`."""
+        continued = self._resume_claim(client, plan) if self._resume is not None else False
+        if not continued:
+            demand = plan.demand if self._resume is None else self._remaining_demand(plan)
+            claim = Claim.uniform(
+                self.claim_id, self._blocks, demand, timeout=self._timeout, owner=self._owner, weight=self._weight
+            )
+            self.record = claim_and_wait(client, claim, self._timeout)
+        return continued
+
+    def _claim_on_rank0(self, coll: _Collective, client: BudgetClient, plan: DpSgdPlan) -> bool:
+        """A DDP job's claim: rank 0 claims and waits, every rank receives the grant (or the refusal)."""
+        if self._resume is not None:
+            raise InvalidParameterError("resuming a distributed (DDP) job from a checkpoint is not supported yet")
+        outcome: tuple[Any, ...] | None = None
+        failure: BaseException | None = None
+        if coll.leader:
+            try:
+                self._claim(client, plan)
+                rec = self.record
+                assert rec is not None
+                # Plain values only (a record holds read-only mapping views, which do not pickle).
+                outcome = ("granted", self.claim_id, _renyi(rec.claim.demand[self._blocks[0]]), rec.claim.arrival,
+                           rec.claim.timeout, rec.granted_at, rec.decided_at)  # fmt: skip
+            except DpfSchedError as exc:
+                failure = exc
+                outcome = ("refused", type(exc).__name__, str(exc), self.claim_id)
+        outcome = coll.broadcast(outcome)
+        assert outcome is not None
+        if failure is not None:
+            raise failure
+        if outcome[0] == "refused":
+            _, name, message, claim_id = outcome
+            kind = {"ClaimRejectedError": ClaimRejectedError, "GrantTimeoutError": GrantTimeoutError}.get(name)
+            if kind is not None:
+                raise kind(f"rank 0: {message}", claim_id)
+            raise NoGrantError(f"rank 0 could not claim the budget: {name}: {message}", claim_id)
+        _, self.claim_id, demand, arrival, timeout, granted_at, decided_at = outcome
+        if not coll.leader:
+            claim = Claim.uniform(self.claim_id, self._blocks, demand, arrival=arrival, timeout=timeout,
+                                  owner=self._owner, weight=self._weight)  # fmt: skip
+            self.record = ClaimRecord(claim, ClaimState.GRANTED, granted_at, decided_at, None, {}, {})
+        return False
 
     # ----- write-ahead charging, checkpoint and resume -------------------------------------------------------
     def _charge(self, increment: RenyiCurve) -> None:
@@ -250,6 +392,10 @@ class BudgetedTraining:
             "charge": self._charge,
             "charge_every": every,
         }
+        coll = self.engine.collective
+        if coll is not None:
+            common["sync"] = coll.broadcast
+            common["leader"] = coll.leader
         if not continued:
             return BudgetHook(**common)
         saved = self._resume
@@ -428,25 +574,26 @@ class BudgetedTraining:
         if self._dataset is not None:
             self._dataset.close()
         client = self.engine.client
-        try:
-            segments = hook.recorded()
-            spent = hook.committed_curve()
-            if hook.charge_failed is not None:
-                # The failed chunk charge may or may not have landed: the ledger says what the claim holds.
-                hook.resync(_renyi(client.status(self.claim_id).consumed[self._blocks[0]]))
-            owed = hook.reconcile()
-            if not owed.is_zero():
-                client.consume(self.claim_id, dict.fromkeys(self._blocks, owed))
-                hook.settled(owed)
-            consumed = hook.consumed()
-        except Exception as exc:
-            logger.error("claim %s: could not commit the spend (%s); the grant is kept", self.claim_id, exc)
-            raise CommitError(
-                f"claim {self.claim_id}: committing the spend failed ({exc}); the claim stays granted so that "
-                "nothing spent is ever returned"
-            ) from exc
-        remaining = {b: _renyi(v) for b, v in client.status(self.claim_id).remaining.items()}
-        client.release(self.claim_id)
+        segments = hook.recorded()
+        spent = hook.committed_curve()
+        coll = self.engine.collective
+        if coll is None:
+            consumed, remaining = self._commit(client, hook)
+        else:
+            outcome: tuple[Any, ...] | None = None
+            failure: BaseException | None = None
+            if coll.leader:
+                try:
+                    outcome = ("ok", *self._commit(client, hook))
+                except CommitError as exc:
+                    failure, outcome = exc, ("error", str(exc))
+            outcome = coll.broadcast(outcome)  # every rank reports what rank 0 committed
+            assert outcome is not None
+            if failure is not None:
+                raise failure
+            if outcome[0] == "error":
+                raise CommitError(f"rank 0: {outcome[1]}")
+            _, consumed, remaining = outcome
         steps = sum(s.steps for s in segments)
         total_steps = self._steps_before + steps
         ours = isinstance(error, BudgetExhaustedError) and error.claim_id == self.claim_id
@@ -487,6 +634,27 @@ class BudgetedTraining:
         )
         return self.report
 
+    def _commit(self, client: BudgetClient, hook: BudgetHook) -> tuple[RenyiCurve, dict[str, RenyiCurve]]:
+        """Reconcile with the accountant, release the rest: what the claim consumed, and what each block got back."""
+        try:
+            if hook.charge_failed is not None:
+                # The failed chunk charge may or may not have landed: the ledger says what the claim holds.
+                hook.resync(_renyi(client.status(self.claim_id).consumed[self._blocks[0]]))
+            owed = hook.reconcile()
+            if not owed.is_zero():
+                client.consume(self.claim_id, dict.fromkeys(self._blocks, owed))
+                hook.settled(owed)
+            consumed = hook.consumed()
+        except Exception as exc:
+            logger.error("claim %s: could not commit the spend (%s); the grant is kept", self.claim_id, exc)
+            raise CommitError(
+                f"claim {self.claim_id}: committing the spend failed ({exc}); the claim stays granted so that "
+                "nothing spent is ever returned"
+            ) from exc
+        remaining = {b: _renyi(v) for b, v in client.status(self.claim_id).remaining.items()}
+        client.release(self.claim_id)
+        return consumed, remaining
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
@@ -515,17 +683,31 @@ class BudgetedPrivacyEngine:
         An existing Opacus ``PrivacyEngine`` to use instead of a new one.
     secure_mode
         Passed to a new Opacus ``PrivacyEngine``.
+    distributed
+        A DDP job (default: when ``torch.distributed`` is initialised with more than one process). Then only
+        rank 0 talks to the budget scheduler (``client`` is required there and ignored elsewhere): it claims,
+        charges every chunk and commits, and broadcasts the grant, every charge decision and the commit, so
+        every rank takes, charges and stops at the same global steps. Charged once per global step at the
+        global sample rate (what each rank's accountant records under ``DPDDP``).
     """
 
     def __init__(
         self,
-        client: BudgetClient | Scheduler,
+        client: BudgetClient | Scheduler | None,
         *,
         accountant: str = "prv",
         privacy_engine: Any = None,
         secure_mode: bool = False,
+        distributed: bool | None = None,
     ) -> None:
-        self.client = _as_client(client)
+        if distributed is None:
+            distributed = _distributed_world() > 1
+        self.collective: _Collective | None = _Collective() if distributed else None
+        if self.collective is None:
+            self.client: BudgetClient = _as_client(client)  # type: ignore[arg-type]
+        else:
+            leader_client = _as_client(client) if self.collective.leader else None  # type: ignore[arg-type]
+            self.client = _Rank0Client(leader_client, self.collective)
         if privacy_engine is None:
             privacy_engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
         self.privacy_engine: Any = privacy_engine

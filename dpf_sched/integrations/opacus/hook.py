@@ -29,7 +29,12 @@ import numpy as np
 
 from dpf_sched.budget import RenyiCurve
 from dpf_sched.errors import InvalidParameterError, InvalidStateError
-from dpf_sched.integrations.opacus.errors import AccountingMismatchError, BudgetExhaustedError, SessionClosedError
+from dpf_sched.integrations.opacus.errors import (
+    AccountingMismatchError,
+    BudgetExhaustedError,
+    CommitError,
+    SessionClosedError,
+)
 from dpf_sched.integrations.opacus.history import Segment, _finite_curve, _merge, _StepCurves, history_since
 
 logger = logging.getLogger(__name__)
@@ -119,6 +124,8 @@ class BudgetHook:
         charged: Sequence[Segment] = (),
         ahead: int = 0,
         start: Sequence[Any] | None = None,
+        sync: Callable[[Any], Any] | None = None,
+        leader: bool = True,
     ) -> None:
         q = float(sample_rate)
         if not (0.0 < q <= 1.0):
@@ -151,6 +158,10 @@ class BudgetHook:
         self._closed = False
         self.exhausted = False
         self.charge_failed: BaseException | None = None
+        # Distributed (DDP) jobs: ``sync(obj)`` returns rank 0's ``obj`` on every rank (a broadcast). Only the
+        # leader charges; every chunk decision (its size, or the failure of its charge) is the leader's.
+        self._sync = sync
+        self._leader = leader
 
     def attach(self, optimizer: Any) -> None:
         """Chain this hook in front of ``optimizer``'s current step hook (the accountant's)."""
@@ -298,25 +309,44 @@ class BudgetHook:
                 self._ahead,
             )
             self._ahead = 0
-        k = min(self.charge_every, self._room(self._charged, step, charged=True))
+        failure: BaseException | None = None
+        if self._leader:
+            k = min(self.charge_every, self._room(self._charged, step, charged=True))
+            error = None
+            if k >= 1:
+                increment = self._increment(step, k)
+                try:
+                    assert self._charge is not None
+                    self._charge(RenyiCurve(self.grant.grid, increment))
+                except BaseException as exc:
+                    failure, error = exc, f"{type(exc).__name__}: {exc}"
+            if self._sync is not None:
+                self._sync((k, error))
+        else:
+            assert self._sync is not None
+            k, error = self._sync(None)
+            if error is not None:
+                failure = CommitError(f"claim {self.claim_id}: rank 0 could not charge the next steps ({error})")
         if k < 1:
             self._refuse(optimizer, step)
-        charged = _merge(self._charged, Segment(step.noise_multiplier, step.sample_rate, k))
-        target = self._curves.total(charged) + self._extra
-        increment = _exact_increment(self._consumed, target)
-        try:
-            self._charge(RenyiCurve(self.grant.grid, increment))
-        except BaseException as exc:
+        if failure is not None:
             # The charge may or may not have landed: stop here rather than risk an uncharged step.
-            self.charge_failed = exc
+            self.charge_failed = failure
             self._closed = True
             _discard_noised_gradients(optimizer)
-            logger.error("claim %s: charging the next %d steps failed (%s); training stops", self.claim_id, k, exc)
-            raise
+            logger.error("claim %s: charging the next %d steps failed (%s); training stops", self.claim_id, k, failure)
+            raise failure
+        increment = self._increment(step, k)
+        charged = _merge(self._charged, Segment(step.noise_multiplier, step.sample_rate, k))
         self._consumed = self._consumed + increment
         self._charged = charged
         self._ahead = k
         logger.debug("claim %s: charged %d steps ahead (%d charged in all)", self.claim_id, k, self.charged_steps)
+
+    def _increment(self, step: Segment, k: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The exact increment that brings the claim to the cumulative target of ``k`` more ``step`` steps."""
+        charged = _merge(self._charged, Segment(step.noise_multiplier, step.sample_rate, k))
+        return _exact_increment(self._consumed, self._curves.total(charged) + self._extra)
 
     def __call__(self, optimizer: Any) -> None:
         if self._closed:
