@@ -173,3 +173,75 @@ def test_sigkill_at_any_step_never_leaves_a_step_uncharged(tmp_path: Path) -> No
         assert ledger.audit().ok
     finally:
         ledger.close()
+
+
+class Delegating:
+    """A remote-like BudgetClient (not a SchedulerClient) with ``renew``: the lease interface, counted."""
+
+    def __init__(self, sched: Any) -> None:
+        self._inner = SchedulerClient(sched)
+        self.renewed: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def alpha_grid(self) -> Any:
+        return self._inner.alpha_grid()
+
+    def select_blocks(self, selector: Any) -> Any:
+        return self._inner.select_blocks(selector)
+
+    def submit(self, claim: Any) -> str:
+        return self._inner.submit(claim)
+
+    def wait(self, claim_id: str, timeout: float) -> Any:
+        return self._inner.wait(claim_id, timeout)
+
+    def status(self, claim_id: str) -> Any:
+        return self._inner.status(claim_id)
+
+    def consume(self, claim_id: str, amounts: Any = None) -> None:
+        self._inner.consume(claim_id, amounts)
+
+    def release(self, claim_id: str) -> None:
+        self._inner.release(claim_id)
+
+    def renew(self, claim_id: str) -> float:
+        self.renewed.append(claim_id)
+        return 0.0
+
+
+def test_a_leased_claim_is_renewed_from_a_thread_while_the_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the core gives claims a lease (``Claim.lease``, the lease interface), the session renews it."""
+    import time
+
+    from dpf_sched.integrations.opacus import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "_lease_of", lambda record: 0.09)  # renew every 0.03 s
+    sched, data = scheduler()
+    client = Delegating(sched)
+    _, _, job = make_job(sched, data, client=client, epochs=1)
+    with job:
+        train(job, 1, after_step=lambda s: time.sleep(0.02))
+    renewals = len(client.renewed)
+    assert renewals >= 2 and set(client.renewed) == {"job"}
+    time.sleep(0.1)
+    assert len(client.renewed) == renewals  # stopped with the session
+
+
+def test_an_in_process_leased_claim_is_renewed_with_each_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpf_sched.integrations.opacus import engine as engine_mod
+
+    class Renewing(SchedulerClient):
+        renewed = 0
+
+        def renew(self, claim_id: str) -> float:
+            type(self).renewed += 1
+            return 0.0
+
+    monkeypatch.setattr(engine_mod, "_lease_of", lambda record: 300.0)
+    sched, data = scheduler()
+    _, _, job = make_job(sched, data, client=Renewing(sched), epochs=3, charge_every=4)
+    with job:
+        train(job, 3)
+    assert Renewing.renewed == 8  # ceil(30 / 4) chunks, one renewal each, on the training thread

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,7 +28,13 @@ from torch.utils.data import DataLoader
 from dpf_sched.budget import AlphaGrid, Budget, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, InvalidStateError
-from dpf_sched.integrations.opacus.client import BudgetClient, _as_client, _renyi, claim_and_wait
+from dpf_sched.integrations.opacus.client import (
+    BudgetClient,
+    SchedulerClient,
+    _as_client,
+    _renyi,
+    claim_and_wait,
+)
 from dpf_sched.integrations.opacus.data import GrantedDataset, Rows
 from dpf_sched.integrations.opacus.errors import (
     AccountingMismatchError,
@@ -149,6 +156,44 @@ class _Rank0Client:
         return withdraw(claim_id)
 
 
+def _lease_of(record: ClaimRecord) -> float | None:
+    """The claim's lease in seconds, where the core carries one (``Claim.lease``; None: no lease)."""
+    lease = getattr(record.claim, "lease", None)
+    return None if lease is None else float(lease)
+
+
+class _LeaseRenewal:
+    """Renews a granted claim's lease from a daemon thread every third of the lease, until stopped.
+
+    Used only when the claim carries a lease and the client has ``renew`` (the lease interface; a remote client
+    is thread-safe, the in-process scheduler runs without leases by default). A failed renewal is logged and
+    retried at the next tick; if the lease is lost, write-ahead charging makes the loss safe (the scheduler
+    returns only the unconsumed rest, and the next chunk charge of the job is refused).
+    """
+
+    def __init__(self, renew: Callable[[str], Any], claim_id: str, lease: float) -> None:
+        self._renew = renew
+        self._claim_id = claim_id
+        self._interval = max(lease / 3.0, 0.01)
+        self._stop = threading.Event()
+        self.renewals = 0
+        self._thread = threading.Thread(target=self._run, name=f"lease-{claim_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._renew(self._claim_id)
+                self.renewals += 1
+            except Exception as exc:  # keep trying: the next chunk charge is the real gate
+                logger.warning("claim %s: lease renewal failed (%s)", self._claim_id, exc)
+
+    def stop(self) -> None:
+        """Stop renewing (the session commits and releases next)."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
 class BudgetedTraining:
     """One budgeted training job: a context manager around claim → grant → train → commit → release.
 
@@ -210,6 +255,8 @@ class BudgetedTraining:
         self._opacus_kwargs = dict(opacus_kwargs or {})
         self._charge_every = None if charge_every is None else _positive_int("charge_every", charge_every)
         self._resume: dict[str, Any] | None = None
+        self._renewal: _LeaseRenewal | None = None
+        self._renew_inline: Callable[[str], Any] | None = None
         self._steps_before = 0  # steps taken under earlier claims (a job resumed under a new claim)
         self._resumes = 0
         self.notes: list[str] = []
@@ -317,6 +364,7 @@ class BudgetedTraining:
                 )
             self.hook = self._make_hook(client, record, continued)
             self.hook.attach(self.optimizer)
+            self._start_renewal(client, record, continued)
         except BaseException:
             # Nothing was trained in this session: give the rest of the grant back before surfacing the error.
             if self._dataset is not None:
@@ -327,6 +375,21 @@ class BudgetedTraining:
             raise
         self._state = "running"
         return self
+
+    def _start_renewal(self, client: BudgetClient, record: ClaimRecord, continued: bool) -> None:
+        """Keep a leased claim alive while the job runs (rank 0 only; nothing without a lease or ``renew``)."""
+        lease = _lease_of(record)
+        renew = getattr(client, "renew", None)
+        leader = self.engine.collective is None or self.engine.collective.leader
+        if lease is None or not callable(renew) or not leader:
+            return
+        if continued:
+            renew(self.claim_id)  # a resumed claim's lease may be about to run out
+        if isinstance(client, SchedulerClient):
+            # An in-process scheduler is single-threaded: renew on the training thread, with each chunk charge.
+            self._renew_inline = renew
+            return
+        self._renewal = _LeaseRenewal(renew, self.claim_id, lease)
 
     def _claim(self, client: BudgetClient, plan: DpSgdPlan) -> bool:
         """Continue the checkpoint's claim (True) or claim and wait for a new grant (False); sets :attr:`record`."""
@@ -376,6 +439,8 @@ class BudgetedTraining:
     # ----- write-ahead charging, checkpoint and resume -------------------------------------------------------
     def _charge(self, increment: RenyiCurve) -> None:
         """Consume ``increment`` on every block of the claim (one chunk, before its steps run)."""
+        if self._renew_inline is not None:
+            self._renew_inline(self.claim_id)
         if not increment.is_zero():
             self.engine.client.consume(self.claim_id, dict.fromkeys(self._blocks, increment))
 
@@ -571,6 +636,8 @@ class BudgetedTraining:
         self._state = "finished"
         hook = self.hook
         hook.close()
+        if self._renewal is not None:
+            self._renewal.stop()
         if self._dataset is not None:
             self._dataset.close()
         client = self.engine.client
