@@ -245,3 +245,16 @@ def test_an_in_process_leased_claim_is_renewed_with_each_chunk(monkeypatch: pyte
     with job:
         train(job, 3)
     assert Renewing.renewed == 8  # ceil(30 / 4) chunks, one renewal each, on the training thread
+
+
+def test_the_exact_increment_lands_the_ledger_sum_on_the_target() -> None:
+    from dpf_sched.integrations.opacus.hook import _exact_increment
+
+    rng = np.random.default_rng(20261203)  # pinned draws: a fixed set of cases, not a search
+    current = np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-12, 4, 2000), [0.0, 0.1, 1e-300, 3.0]])
+    target = current + np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-15, 4, 2000), [0.3, 0.2, 1.0, 0.0]])
+    d = _exact_increment(current, target)
+    assert np.all(d >= 0)
+    assert np.array_equal(current + d, target)
+    # Nothing owed: nothing charged.
+    assert np.array_equal(_exact_increment(np.array([2.0, 5.0]), np.array([1.0, 5.0])), np.zeros(2))
