@@ -253,6 +253,11 @@ def test_the_exact_increment_lands_the_ledger_sum_on_the_target() -> None:
     rng = np.random.default_rng(20261203)  # pinned draws: a fixed set of cases, not a search
     current = np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-12, 4, 2000), [0.0, 0.1, 1e-300, 3.0]])
     target = current + np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-15, 4, 2000), [0.3, 0.2, 1.0, 0.0]])
+    # A pinned witness where the plain difference misses: 0.000527... + (0.01785... - 0.000527...) != 0.01785...
+    witness = (np.float64(0.0005270788797256867), np.float64(0.017857187817437194))
+    assert witness[0] + (witness[1] - witness[0]) != witness[1]
+    current = np.append(current, witness[0])
+    target = np.append(target, witness[1])
     d = _exact_increment(current, target)
     assert np.all(d >= 0)
     assert np.array_equal(current + d, target)
