@@ -253,13 +253,20 @@ def test_the_exact_increment_lands_the_ledger_sum_on_the_target() -> None:
     rng = np.random.default_rng(20261203)  # pinned draws: a fixed set of cases, not a search
     current = np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-12, 4, 2000), [0.0, 0.1, 1e-300, 3.0]])
     target = current + np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-15, 4, 2000), [0.3, 0.2, 1.0, 0.0]])
-    # A pinned witness where the plain difference misses: 0.000527... + (0.01785... - 0.000527...) != 0.01785...
-    witness = (np.float64(0.0005270788797256867), np.float64(0.017857187817437194))
-    assert witness[0] + (witness[1] - witness[0]) != witness[1]
-    current = np.append(current, witness[0])
-    target = np.append(target, witness[1])
     d = _exact_increment(current, target)
     assert np.all(d >= 0)
     assert np.array_equal(current + d, target)
+    # Where the target is at most twice the current sum (every chunk after the first of a run at one σ), the
+    # difference is exact (Sterbenz) and so is the sum, whatever the values.
+    x = rng.random(5000) * 10.0 ** rng.integers(-8, 8, 5000)
+    y = x * (1 + rng.random(5000))
+    assert np.array_equal(x + _exact_increment(x, y), y)
+    # Pinned witness where no increment gives the target exactly (every sum is a tie rounded to even, the
+    # target is odd): the plain difference overshoots by an ulp, and the increment errs upward by at most one
+    # ulp, never below (the ledger never holds less than the target).
+    c, t = np.array([0.0005270788797256867]), np.array([0.017857187817437194])
+    assert c + (t - c) != t
+    d = _exact_increment(c, t)
+    assert (c + d)[0] >= t[0] and (c + d)[0] == np.nextafter(t[0], np.inf)
     # Nothing owed: nothing charged.
     assert np.array_equal(_exact_increment(np.array([2.0, 5.0]), np.array([1.0, 5.0])), np.zeros(2))

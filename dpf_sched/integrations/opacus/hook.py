@@ -51,11 +51,12 @@ def _exact_increment(
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
     """The increment ``d >= 0`` for which ``current + d`` (float64, as the ledger adds) equals ``target``.
 
-    ``target - current`` is exact when ``current >= target / 2`` (Sterbenz), and then ``current + d == target``;
-    otherwise the rounded difference is nudged one ulp at a time (a representable ``d`` always exists: the
-    spacing of floats near ``d <= target`` is at most that near ``target``). Where ``target < current`` (nothing
-    is owed) the increment is 0. If, against expectation, no exact ``d`` is reached in a few ulps, ``d`` errs
-    upward: the ledger then holds at least the target, never less.
+    ``target - current`` is exact when ``current >= target / 2`` (Sterbenz's lemma), and then
+    ``current + d == target`` exactly: the case of every chunk after the first of a run at one σ (and the first
+    chunk adds to 0). Otherwise the rounded difference is nudged one ulp at a time; if no ``d`` reaches the target
+    (it can happen: when every sum is a tie that rounds to even and the target is odd), ``d`` errs upward by the
+    least amount, so the ledger holds at least the target, never less. Where ``target < current`` (nothing is
+    owed) the increment is 0.
     """
     d = np.maximum(target - current, 0.0)
     owed = target > current
