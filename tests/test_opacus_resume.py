@@ -173,3 +173,26 @@ def test_a_bad_or_foreign_state_is_refused_before_anything_happens() -> None:
     assert sched.ledger.claim("job").state is ClaimState.GRANTED  # the first job's claim is untouched
     with pytest.raises(InvalidStateError):
         first.load_state_dict(state)  # already started
+    hostile = [
+        {**state, "hook": {**state["hook"], "charged": "garbage"}},
+        {**state, "hook": {**state["hook"], "ahead": -1}},
+        {**state, "hook": {**state["hook"], "consumed": ["x"]}},
+        {**state, "steps_taken": -5},
+        {**state, "blocks": []},
+        {**state, "accountant": {"history": [[1.0, 0.1]], "mechanism": "rdp"}},
+        {**state, "plan": None},
+    ]
+    for bad in hostile:
+        with pytest.raises(InvalidParameterError):
+            make_job(sched, data).load_state_dict(bad)
+    # A state of another grid, or of another accountant, is refused at the start, before anything is claimed.
+    for bad in (
+        {**state, "hook": {**state["hook"], "consumed": [0.0, 1.0]}},
+        {**state, "accountant": {**state["accountant"], "mechanism": "prv"}},
+    ):
+        job = make_job(sched, data)
+        job.load_state_dict(bad)
+        with pytest.raises(AccountingMismatchError):
+            job.start()
+    assert set(sched.states()) == {"job"}  # no other claim was made ...
+    assert sched.ledger.claim("job").state is ClaimState.GRANTED  # ... and the checkpoint's claim is untouched

@@ -480,7 +480,8 @@ class BudgetedTraining:
                 f"{hook_state['ahead']} step(s) charged ahead of the checkpoint are forfeited (they may have run "
                 "before the crash)"
             )
-        if np.any(ledger_consumed.values > np.asarray(hook_state["consumed"], dtype=np.float64)):
+        known = np.asarray(hook_state["consumed"], dtype=np.float64)
+        if np.any(ledger_consumed.values > known):
             self.notes.append(
                 "the claim consumed more after the checkpoint than the checkpoint knows (chunks charged by the lost "
                 "process); that budget stays spent"
@@ -511,10 +512,13 @@ class BudgetedTraining:
                 f"the checkpoint was planned as {sp}, this job plans (q={plan.sample_rate!r}, "
                 f"{plan.steps_per_epoch} steps/epoch, σ={list(plan.noise_multipliers)})"
             )
+        if len(saved["hook"]["consumed"]) != len(plan.grid):
+            raise AccountingMismatchError("the checkpoint's consumption is not on this ledger's α grid")
         acc = saved["accountant"]
-        self.engine.accountant.load_state_dict(
-            {"history": [tuple(e) for e in acc["history"]], "mechanism": acc["mechanism"]}
-        )
+        try:
+            self.engine.accountant.load_state_dict({"history": list(acc["history"]), "mechanism": acc["mechanism"]})
+        except ValueError as exc:  # Opacus refuses another accountant's state
+            raise AccountingMismatchError(f"the checkpoint's accountant state does not fit: {exc}") from None
         previous = str(saved["claim_id"])
         record: ClaimRecord | None
         try:
@@ -604,10 +608,22 @@ class BudgetedTraining:
                 "hook": dict(state["hook"]),
                 "accountant": dict(state["accountant"]),
             }
-            missing = [k for k in ("start", "charged", "ahead", "consumed") if k not in checked["hook"]]
-            if missing:
-                raise KeyError(f"hook.{missing[0]}")
-        except (KeyError, TypeError, ValueError) as exc:
+            hook = checked["hook"]
+            hook["start"] = [Segment.of(e) for e in hook["start"]]
+            hook["charged"] = [Segment.of(e) for e in hook["charged"]]
+            hook["ahead"] = int(hook["ahead"])
+            hook["consumed"] = [float(v) for v in hook["consumed"]]
+            plan = checked["plan"]
+            plan["sample_rate"] = float(plan["sample_rate"])
+            plan["steps_per_epoch"] = int(plan["steps_per_epoch"])
+            plan["noise_multipliers"] = [float(v) for v in plan["noise_multipliers"]]
+            history = [Segment.of(e) for e in checked["accountant"]["history"]]
+            checked["accountant"]["history"] = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
+            checked["accountant"]["mechanism"] = str(checked["accountant"]["mechanism"])
+            counts = (checked["steps_taken"], checked["steps_charged"], checked["resumes"], hook["ahead"])
+            if min(counts) < 0 or not checked["blocks"]:
+                raise ValueError("negative counts or no blocks")
+        except (KeyError, TypeError, ValueError, InvalidParameterError) as exc:
             raise InvalidParameterError(f"not a budgeted-training state: {exc!r}") from None
         self._resume = checked
 
