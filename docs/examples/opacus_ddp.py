@@ -140,7 +140,12 @@ def curve_dict(values: Any) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="opacus-ddp-"))
+    """Run the scenario in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="opacus-example-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     db = f"sqlite:///{work / 'ledger.db'}"
     q = 1 / (2 * ROWS // GLOBAL_BATCH)
     plan = plan_dp_sgd(GRID, sample_rate=q, steps_per_epoch=2 * ROWS // GLOBAL_BATCH, noise_multiplier=SIGMA,

@@ -100,7 +100,12 @@ def curve_dict(grid_orders: Any, values: Any) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="opacus-resume-"))
+    """Run the scenario in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="opacus-example-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if not args.service:
         from dpf_sched.ledger.sql import open_ledger
         from dpf_sched.scheduler import Scheduler
