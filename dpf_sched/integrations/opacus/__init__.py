@@ -18,13 +18,18 @@ The life of a job (``docs/opacus.md`` explains the design):
    touched.
 3. **Read only granted rows.** :class:`GrantedDataset` holds the rows of the selected blocks only, and refuses
    every read until the claim is granted and after the job has finished.
-4. **Charge every step.** :class:`BudgetHook` is chained in front of the optimizer's existing step hook (the
-   accountant's): for each real step it adds the step's curve (σ, ``sample_rate × accumulated_iterations``) to
-   what the job has spent, and if that would exceed the grant at any α it zeroes the noised gradients and raises
-   :class:`BudgetExhaustedError` *before* the accountant records the step and before the parameters change.
-5. **Commit and release.** On exit, whatever the reason, the curve of the accountant's own ``history``
-   (``(noise_multiplier, sample_rate, steps)`` segments; any accountant: PRV, RDP, GDP) is consumed on every
-   block, and the rest of the grant is released.
+4. **Charge every step, before it runs.** :class:`BudgetHook` is chained in front of the optimizer's existing step
+   hook (the accountant's): for each real step it adds the step's curve (σ, ``sample_rate ×
+   accumulated_iterations``) to what the job has spent, and if that would exceed the grant at any α it zeroes the
+   noised gradients and raises :class:`BudgetExhaustedError` *before* the accountant records the step and before
+   the parameters change. Steps are charged on the ledger ahead of time, in chunks (``charge_every`` steps,
+   default one epoch): a chunk's exact curve is consumed on every block before its first step runs, so a job
+   killed at any instant has consumed at least what it used and at most one chunk more (write-ahead charging).
+5. **Reconcile and release.** On exit, whatever the reason, the claim is made to hold at least the curve of the
+   accountant's own ``history`` (``(noise_multiplier, sample_rate, steps)`` segments; any accountant: PRV, RDP,
+   GDP) — exactly that curve, bit for bit, when the job ran every step it charged — and the rest of the grant is
+   released. ``state_dict`` / ``load_state_dict`` checkpoint and resume a job on the same claim; under DDP only
+   rank 0 talks to the scheduler and broadcasts every decision.
 
 :class:`BudgetedPrivacyEngine` ties these together in an API that reads like Opacus's ``PrivacyEngine``.
 

@@ -33,7 +33,12 @@ def _curve_dict(c: RenyiCurve) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class RunReport:
-    """What a budgeted run was granted, spent and gave back (per block: the claim asks the same on each)."""
+    """What a budgeted run was granted, spent and gave back (per block: the claim asks the same on each).
+
+    ``consumed`` is what the claim consumed on the ledger: the chunks charged ahead (write-ahead charging), at
+    least ``spent``, the curve of the accountant's history, and equal to it bit for bit when the job ran every
+    step it charged. ``charged_steps`` counts the steps charged, ``notes`` says how a resumed job continued.
+    """
 
     claim_id: str
     status: RunStatus
@@ -47,6 +52,9 @@ class RunReport:
     segments: tuple[Segment, ...]
     waited: float
     error: str | None = None
+    spent: RenyiCurve | None = None
+    charged_steps: int = 0
+    notes: tuple[str, ...] = ()
     released_by_block: Mapping[str, RenyiCurve] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +67,9 @@ class RunReport:
             "alphas": list(self.granted.grid.orders),
             "granted": _curve_dict(self.granted),
             "consumed": _curve_dict(self.consumed),
+            "spent": None if self.spent is None else _curve_dict(self.spent),
+            "charged_steps": self.charged_steps,
+            "notes": list(self.notes),
             "released": _curve_dict(self.released),
             "steps": self.steps,
             "planned_steps": self.plan.steps,
