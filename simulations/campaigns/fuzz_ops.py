@@ -515,15 +515,20 @@ def run_fuzz(
     only_sequence: int | None = None,
     max_findings: int = 20,
     huge: bool = True,
+    factories: dict[str, Callable[[Composition], Ledger]] | None = None,
 ) -> Result:
-    """Run about ``ops`` operations in sequences of ``length`` (see the module docstring)."""
+    """Run about ``ops`` operations in sequences of ``length`` (see the module docstring).
+
+    ``factories`` replaces the ledger factory of a backend name (the tests plant broken ledgers with it, to show
+    that every check can fail)."""
     names = sorted(policies if policies is not None else available())
     for name in names:
         if name not in available():
             raise ValueError(f"unknown policy {name!r}")
     work = Path(tempfile.mkdtemp(prefix="dpf-fuzz-"))
     schemas: list[str] = []
-    factories = {b: ledger_factory(b, work, pg_url, schemas) for b in backends}
+    made = {b: ledger_factory(b, work, pg_url, schemas) for b in backends if b not in (factories or {})}
+    factories = {**made, **(factories or {})}
     res = Result()
     start = time.monotonic()
     k = 0
