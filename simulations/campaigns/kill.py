@@ -227,9 +227,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_serve(url: str, log_file: Path, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `dpf-sched serve` on ``url`` and wait until it answers /readyz."""
+def start_serve(
+    url: str, log_file: Path, env: Mapping[str, str], timeout: float = 300.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `dpf-sched serve` on ``url`` and wait until it answers /readyz (RuntimeError with its log if not)."""
     import httpx
+
+    offset = log_file.stat().st_size if log_file.exists() else 0
+
+    def tail() -> str:
+        with open(log_file, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")[-3000:]
 
     port = free_port()
     args = [sys.executable, "-m", "dpf_sched.cli", "serve", "--db", url, "--policy", "fcfs"]
@@ -237,10 +246,10 @@ def start_serve(url: str, log_file: Path, env: Mapping[str, str]) -> tuple[subpr
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dict(env))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"dpf-sched serve exited with {proc.returncode}; see {log_file}")
+            raise RuntimeError(f"dpf-sched serve exited with {proc.returncode}: {tail()}")
         try:
             if httpx.get(base + "/readyz", timeout=1.0).status_code == 200:
                 return proc, base
@@ -248,7 +257,8 @@ def start_serve(url: str, log_file: Path, env: Mapping[str, str]) -> tuple[subpr
             pass
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"dpf-sched serve did not become ready; see {log_file}")
+    proc.wait(timeout=30)
+    raise RuntimeError(f"dpf-sched serve did not become ready in {timeout} s: {tail()}")
 
 
 def service_client(
@@ -316,13 +326,16 @@ class Result:
     lost: int = 0
     half_applied: int = 0
     unopenable: int = 0
+    #: `dpf-sched serve` did not start on the database (exited, or not ready in time): counted apart, with its
+    #: log in ``failures``; whether the database itself opens is what ``unopenable`` says.
+    serve_start_failures: int = 0
     databases: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.half_applied == 0 and self.unopenable == 0
+        return self.lost == 0 and self.half_applied == 0 and self.unopenable == 0 and self.serve_start_failures == 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -542,22 +555,34 @@ def run_campaign(
                 logp = work / f"acks{result.databases}.jsonl"
                 tokens = _create(url, renyi)
             if serve_every and k % serve_every == serve_every - 1:
-                _serve_round(url, logp, k, rng, renyi, tokens, work)
-                result.serve_kills += 1
+                try:
+                    _serve_round(url, logp, k, rng, renyi, tokens, work)
+                    result.serve_kills += 1
+                except RuntimeError as e:
+                    result.serve_start_failures += 1
+                    result.failures.append(f"round {k} ({backend}, db {result.databases}): {e}")
+                    log.error("round %d: %s", k, e)
             else:
                 _writer_round(url, logp, k, rng, renyi)
                 result.writer_kills += 1
-            result.kills += 1
+            result.kills = result.writer_kills + result.serve_kills
             entries = read_log(logp)
             check(url, entries, result, f"round {k} ({backend}, db {result.databases})")
             db_acks[result.databases] = sum(e["kind"] == "ack" for e in entries)
             result.acknowledged = sum(db_acks.values())
-            log.info("round %d: %s", k, {x: getattr(result, x) for x in ("lost", "half_applied", "unopenable")})
+            if k % 50 == 49 or not result.ok:
+                log.warning(
+                    "round %d: %s",
+                    k + 1,
+                    {x: getattr(result, x) for x in ("acknowledged", "lost", "half_applied", "unopenable")},
+                )
     finally:
         result.seconds = round(time.monotonic() - start, 1)
         dbs.drop()
-        if own_work:
+        if own_work and result.ok:
             shutil.rmtree(work, ignore_errors=True)
+        elif not result.ok:
+            log.warning("kept the work directory %s", work)
     return result
 
 
