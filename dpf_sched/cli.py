@@ -42,7 +42,7 @@ from dpf_sched.sim.compare import compare as run_compare
 from dpf_sched.sim.replay import replay
 from dpf_sched.sim.reproduce import report, runs_frame, write_reproduction
 from dpf_sched.sim.reproduce import reproduce as run_reproduction
-from dpf_sched.sim.trace import write_trace
+from dpf_sched.sim.trace import read_trace, write_trace
 from dpf_sched.sim.workloads import WORKLOADS, make_workload
 
 
@@ -433,6 +433,13 @@ def trace(workload: str, seed: int, params: tuple[str, ...]) -> None:
     default=None,
     help="N of the fair-demand definition (default: the policy's N, else 4).",
 )
+@click.option(
+    "--witness",
+    "witness_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A stored counterexample trace (JSON Lines) judged before the random search; repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def check_properties(
     policy: str,
@@ -441,14 +448,27 @@ def check_properties(
     seed: int,
     props: tuple[str, ...],
     fair_n: int | None,
+    witness_files: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Search random traces (basic and Rényi) for a violation of sharing incentive, strategy-proofness, dynamic
     envy-freeness or Pareto efficiency (proofs/), and print each counterexample shrunk to a minimal trace.
 
-    Exit status 0 when nothing was found, 1 with counterexamples."""
+    Which traces a seed draws depends on the hypothesis version; a counterexample that must be found again is
+    passed with --witness (docs/theorems.md). Exit status 0 when nothing was found, 1 with counterexamples."""
+    witnesses: list[list[dict[str, Any]]] = []
+    for path in witness_files:
+        list(read_trace(path).events)  # a malformed or unreadable witness: TraceFormatError naming the line
+        with open(path, encoding="utf-8") as f:
+            witnesses.append([json.loads(line) for line in f if line.strip()])
     result = search_counterexamples(
-        policy, parse_params(params), properties=props or None, examples=examples, seed=seed, fair_n=fair_n
+        policy,
+        parse_params(params),
+        properties=props or None,
+        examples=examples,
+        seed=seed,
+        fair_n=fair_n,
+        witnesses=witnesses,
     )
     if as_json:
         click.echo(json.dumps(result.to_json()))
@@ -459,7 +479,8 @@ def check_properties(
             if found is None:
                 click.echo(f"{prop.value:<20} no counterexample found")
                 continue
-            click.echo(f"{prop.value:<20} COUNTEREXAMPLE ({len(found.trace) - 1} events):")
+            origin = " from a witness" if found.source == "witness" else ""
+            click.echo(f"{prop.value:<20} COUNTEREXAMPLE{origin} ({len(found.trace) - 1} events):")
             for v in found.report.violations[prop]:
                 click.echo(f"    {v.describe()}")
             click.echo("    trace:")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from witness_support import assert_pinned_counterexample
 
 from dpf_sched.properties import (
     Property,
@@ -104,9 +105,14 @@ def test_dpack_violates_sharing_incentive_with_arrival_unlocking() -> None:
 
 
 def test_search_finds_dpack_sharing_incentive_failure() -> None:
-    result = search_counterexamples("dpack", properties=[Property.SHARING_INCENTIVE], examples=300, seed=1)
+    """SI-1 is pinned as the search's witness (hypothesis 6.170.10+ no longer draws it from seed 1); the random
+    search with the seed of proofs/dpack.md stays as an extra check (tests/witness_support.py)."""
+    result = assert_pinned_counterexample(
+        "dpack", {}, Property.SHARING_INCENTIVE, SI_DPACK_ALL, examples=300, seed=1
+    )
     found = result.found[Property.SHARING_INCENTIVE]
-    assert found is not None and found.report.violations[Property.SHARING_INCENTIVE]
+    assert found is not None
+    assert [v.claim for v in found.report.violations[Property.SHARING_INCENTIVE]] == ["c3"]
 
 
 #: proofs/dpack.md, counterexample SP-1 (two blocks of capacity 1 at α = 2, 4; all unlocked). Truthfully b0's best

@@ -6,6 +6,12 @@ instant, demands on a grid around the fair share ``G/N``): every property of ``p
 counterexample of two or three claims, and small traces shrink fast. Demands are fractions of the block's
 capacity; for a Rényi trace each order of a demand curve is drawn on its own, so that "some order fits" and
 "dominant share over usable orders" differ from the basic rules. Timeouts are drawn too.
+
+The search is deterministic for a given ``seed`` *and hypothesis version* only: which traces hypothesis draws
+from a seed changes between its releases (the project pins the version its tests run with in
+``requirements/test.txt``). A counterexample that must be found again, by a test or by a document, is therefore
+stored as a *witness* trace and passed as ``witnesses``: each witness is judged before the random search (like
+hypothesis' ``@example``), so a known counterexample never depends on what a random draw happens to hit.
 """
 
 from __future__ import annotations
@@ -107,11 +113,15 @@ class Counterexample:
     property: Property
     trace: tuple[str, ...]
     report: PropertyReport
+    #: Where the trace came from: ``"witness"`` (one of the ``witnesses`` given, replayed as is) or ``"search"``
+    #: (drawn by the random search and shrunk).
+    source: str = "search"
 
     def to_json(self) -> dict[str, Any]:
         """Plain values for ``--json``."""
         return {
             "property": self.property.value,
+            "source": self.source,
             "trace": [json.loads(line) for line in self.trace],
             "report": self.report.to_json(),
         }
@@ -159,6 +169,7 @@ def search_counterexamples(
     compositions: Iterable[str] | None = None,
     fair_n: int | None = None,
     max_claims: int = 6,
+    witnesses: Iterable[Sequence[Mapping[str, Any]]] = (),
 ) -> SearchResult:
     """Search random traces for a counterexample to each property, and shrink each one found.
 
@@ -166,6 +177,11 @@ def search_counterexamples(
     given ``seed``. ``compositions`` defaults to basic and Rényi (basic only for a policy without Rényi
     support). The same trace strategy serves every policy, so a third-party policy is searched exactly like a
     built-in one.
+
+    ``witnesses`` are traces (JSON objects, header first) judged before the random search, per property: the
+    first one on which a property fails is that property's counterexample (``source="witness"``, not shrunk) and
+    no random search is run for it. A witness is validated like any trace (:class:`~dpf_sched.errors.TraceFormatError`
+    when malformed); a witness that fails no property is simply not reported.
     """
     if isinstance(examples, bool) or examples <= 0:
         raise InvalidParameterError(f"examples must be a positive integer, got {examples!r}")
@@ -188,8 +204,15 @@ def search_counterexamples(
         phases=(Phase.generate, Phase.shrink),
         suppress_health_check=list(HealthCheck),
     )
+    witness_lines = [[dict(o) for o in w] for w in witnesses]
+    for w in witness_lines:
+        to_input(w)  # validate every witness up front, so that a malformed one is an error, not a silent skip
     found: dict[Property, Counterexample | None] = {}
     for prop in parse_properties(properties):
+        hit = next(((w, r) for w in witness_lines if (r := _fails(w, factory, prop, n)) is not None), None)
+        if hit is not None:
+            found[prop] = Counterexample(prop, tuple(json.dumps(o) for o in hit[0]), hit[1], source="witness")
+            continue
         try:
             lines = find(
                 strategy,
