@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -46,6 +45,7 @@ from dpf_sched.integrations.opacus.errors import (
 )
 from dpf_sched.integrations.opacus.history import Segment, _merge, history_curve
 from dpf_sched.integrations.opacus.hook import BudgetHook
+from dpf_sched.integrations.opacus.lease import LeaseRenewer
 from dpf_sched.integrations.opacus.plan import (
     DpSgdPlan,
     _positive_int,
@@ -149,6 +149,9 @@ class _Rank0Client:
     def release(self, claim_id: str) -> None:
         self._leader().release(claim_id)
 
+    def renew(self, claim_id: str) -> float:
+        return self._leader().renew(claim_id)
+
     def withdraw(self, claim_id: str) -> Any:
         withdraw = getattr(self._leader(), "withdraw", None)
         if not callable(withdraw):
@@ -157,41 +160,9 @@ class _Rank0Client:
 
 
 def _lease_of(record: ClaimRecord) -> float | None:
-    """The claim's lease in seconds, where the core carries one (``Claim.lease``; None: no lease)."""
-    lease = getattr(record.claim, "lease", None)
+    """The claim's lease in seconds (``Claim.lease``; None: no lease)."""
+    lease = record.claim.lease
     return None if lease is None else float(lease)
-
-
-class _LeaseRenewal:
-    """Renews a granted claim's lease from a daemon thread every third of the lease, until stopped.
-
-    Used only when the claim carries a lease and the client has ``renew`` (the lease interface; a remote client
-    is thread-safe, the in-process scheduler runs without leases by default). A failed renewal is logged and
-    retried at the next tick; if the lease is lost, write-ahead charging makes the loss safe (the scheduler
-    returns only the unconsumed rest, and the next chunk charge of the job is refused).
-    """
-
-    def __init__(self, renew: Callable[[str], Any], claim_id: str, lease: float) -> None:
-        self._renew = renew
-        self._claim_id = claim_id
-        self._interval = max(lease / 3.0, 0.01)
-        self._stop = threading.Event()
-        self.renewals = 0
-        self._thread = threading.Thread(target=self._run, name=f"lease-{claim_id}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._renew(self._claim_id)
-                self.renewals += 1
-            except Exception as exc:  # keep trying: the next chunk charge is the real gate
-                logger.warning("claim %s: lease renewal failed (%s)", self._claim_id, exc)
-
-    def stop(self) -> None:
-        """Stop renewing (the session commits and releases next)."""
-        self._stop.set()
-        self._thread.join(timeout=5.0)
 
 
 class BudgetedTraining:
@@ -255,7 +226,7 @@ class BudgetedTraining:
         self._opacus_kwargs = dict(opacus_kwargs or {})
         self._charge_every = None if charge_every is None else _positive_int("charge_every", charge_every)
         self._resume: dict[str, Any] | None = None
-        self._renewal: _LeaseRenewal | None = None
+        self._renewal: LeaseRenewer | None = None
         self._renew_inline: Callable[[str], Any] | None = None
         self._steps_before = 0  # steps taken under earlier claims (a job resumed under a new claim)
         self._resumes = 0
@@ -389,7 +360,9 @@ class BudgetedTraining:
             # An in-process scheduler is single-threaded: renew on the training thread, with each chunk charge.
             self._renew_inline = renew
             return
-        self._renewal = _LeaseRenewal(renew, self.claim_id, lease)
+        # A failed renewal is retried by the renewer; a lost lease is safe (write-ahead charging: the scheduler
+        # returns only the unconsumed rest), and the job's next chunk charge is refused.
+        self._renewal = LeaseRenewer(client, self.claim_id, lease, renew_now=False).start()
 
     def _claim(self, client: BudgetClient, plan: DpSgdPlan) -> bool:
         """Continue the checkpoint's claim (True) or claim and wait for a new grant (False); sets :attr:`record`."""
@@ -653,7 +626,7 @@ class BudgetedTraining:
         hook = self.hook
         hook.close()
         if self._renewal is not None:
-            self._renewal.stop()
+            self._renewal.close()
         if self._dataset is not None:
             self._dataset.close()
         client = self.engine.client
