@@ -225,6 +225,10 @@ class ModelBlock:
     def fp(self) -> FloatArray:
         return FP_REL * (self.churn + self.cap)
 
+    def sat(self) -> FloatArray:
+        """The most one claim books in this block's buckets per column (docs/ledger.md, "Saturation")."""
+        return 2.0 * self.cap
+
 
 @dataclass
 class ModelClaim:
@@ -238,6 +242,9 @@ class ModelClaim:
     remaining: FloatArray = field(default_factory=lambda: np.zeros(0))
     consumed: FloatArray = field(default_factory=lambda: np.zeros(0))
     reported: FloatArray = field(default_factory=lambda: np.zeros(0))  # Σ amounts asked, before clipping
+    # What the blocks' buckets hold for the claim: remaining / consumed saturated at 2 × capacity per column.
+    booked_remaining: FloatArray = field(default_factory=lambda: np.zeros(0))
+    booked_consumed: FloatArray = field(default_factory=lambda: np.zeros(0))
     granted_at: float | None = None
     decided_at: float | None = None
     reason: str | None = None
@@ -732,27 +739,32 @@ class LedgerContract(RuleBasedStateMachine):
         after = ledger_arrays(self.ledger)
         self.check_untouched(before, after, set(c.idx), "allocate")
         # Invariant 3: exactly the demand, on every block of the claim, moved U → A (clipped to what is unlocked
-        # where the demand is over it by no more than the tolerance: never past the capacity).
-        grants = []
+        # where the demand is over it by no more than the tolerance: never past the capacity), saturated at
+        # 2 × capacity per column (docs/ledger.md, "Saturation").
+        grants, booked = [], []
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
-            slack = b.tol() + b.fp() + FP_REL * np.abs(c.demand[k])
-            spent_before = before["allocated"][i] + before["consumed"][i]
-            spent_after = after["allocated"][i] + after["consumed"][i]
-            assert np.all(np.abs(spent_after - spent_before - c.demand[k]) <= slack), (
-                f"allocate({cid}) moved {spent_after - spent_before} on block {b.id}, demand {c.demand[k]}"
-            )
-            assert np.all(np.abs(before["unlocked"][i] - after["unlocked"][i] - c.demand[k]) <= slack)
-            assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "allocate changed locked"
-            assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "allocate changed consumed"
             u = b.unlocked()
             clip = (c.demand[k] > u) & (u >= 0) & (c.demand[k] <= u + b.tol())
             grant = np.where(clip, np.maximum(u, 0.0), c.demand[k])
+            book = np.minimum(grant, b.sat())
+            slack = b.tol() + b.fp() + FP_REL * np.abs(book)
+            spent_before = before["allocated"][i] + before["consumed"][i]
+            spent_after = after["allocated"][i] + after["consumed"][i]
+            assert np.all(np.abs(spent_after - spent_before - book) <= slack), (
+                f"allocate({cid}) moved {spent_after - spent_before} on block {b.id}, booked demand {book}"
+            )
+            assert np.all(np.abs(before["unlocked"][i] - after["unlocked"][i] - book) <= slack)
+            assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "allocate changed locked"
+            assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "allocate changed consumed"
             grants.append(grant)
-            b.allocated = b.allocated + grant
-            b.churn = b.churn + c.demand[k]
+            booked.append(book)
+            b.allocated = b.allocated + book
+            b.churn = b.churn + book
         c.state = ClaimState.GRANTED
         c.remaining = np.array(grants)
+        c.booked_remaining = np.array(booked)
+        c.booked_consumed = np.zeros_like(c.booked_remaining)
         c.granted_at = c.decided_at = now
         if c.lease is not None:
             c.deadline = now + c.lease
@@ -889,16 +901,25 @@ class LedgerContract(RuleBasedStateMachine):
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
             booked = np.minimum(amt[k], c.remaining[k])  # clip, don't overshoot
-            slack = b.tol() + b.fp() + FP_REL * np.abs(amt[k])
+            # The blocks move the claim's consumption saturated at 2 × capacity (docs/ledger.md, "Saturation"),
+            # all of what it booked once nothing of the grant remains.
+            rest = c.remaining[k] - booked
+            target = np.minimum(np.minimum(c.consumed[k] + booked, c.demand[k]), b.sat())
+            move = np.clip(target - c.booked_consumed[k], 0.0, c.booked_remaining[k])
+            move = np.where(rest <= 0, c.booked_remaining[k], move)
+            asked = np.minimum(amt[k], b.sat())
+            slack = b.tol() + b.fp() + FP_REL * np.abs(asked)
             moved = after["consumed"][i] - before["consumed"][i]
-            assert np.all(np.abs(moved - amt[k]) <= slack), f"consume moved {moved} on {b.id}, asked {amt[k]}"
+            assert np.all(np.abs(moved - move) <= slack), f"consume moved {moved} on {b.id}, expected {move}"
             assert np.all(moved <= np.maximum(before["allocated"][i], 0.0) + b.fp()), "consume booked beyond the grant"
             assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "consume changed locked"
             assert after["unlocked"][i].tobytes() == before["unlocked"][i].tobytes(), "consume changed unlocked"
-            b.allocated = b.allocated - booked
-            b.consumed = b.consumed + booked
-            b.churn = b.churn + np.abs(amt[k])
-            c.remaining[k] = c.remaining[k] - booked
+            b.allocated = b.allocated - move
+            b.consumed = b.consumed + move
+            b.churn = b.churn + np.abs(asked)
+            c.booked_remaining[k] = c.booked_remaining[k] - move
+            c.booked_consumed[k] = c.booked_consumed[k] + move
+            c.remaining[k] = rest
             c.consumed[k] = c.consumed[k] + booked
             c.reported[k] = c.reported[k] + amt[k]
         if amounts is None:
@@ -927,16 +948,17 @@ class LedgerContract(RuleBasedStateMachine):
         # Invariant 4: the unconsumed rest goes back to the unlocked pool, exactly.
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
-            slack = b.tol() + b.fp() + FP_REL * np.abs(c.remaining[k])
+            slack = b.tol() + b.fp() + FP_REL * np.abs(c.booked_remaining[k])
             back = after["unlocked"][i] - before["unlocked"][i]
-            assert np.all(np.abs(back - c.remaining[k]) <= slack), (
-                f"release returned {back} to block {b.id}, the rest of the grant was {c.remaining[k]}"
+            assert np.all(np.abs(back - c.booked_remaining[k]) <= slack), (
+                f"release returned {back} to block {b.id}, the booked rest of the grant was {c.booked_remaining[k]}"
             )
             assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "release changed consumed"
             assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "release changed locked"
-            b.allocated = b.allocated - c.remaining[k]
-            b.churn = b.churn + np.abs(c.remaining[k])
+            b.allocated = b.allocated - c.booked_remaining[k]
+            b.churn = b.churn + np.abs(c.booked_remaining[k])
         c.remaining = np.zeros_like(c.remaining)
+        c.booked_remaining = np.zeros_like(c.booked_remaining)
         c.state = ClaimState.FINISHED
 
     def _lease_faults(self, c: ModelClaim | None, now_ok: bool) -> list[type[DpfSchedError]]:
@@ -994,16 +1016,17 @@ class LedgerContract(RuleBasedStateMachine):
         # As a release: the unconsumed rest goes back to the unlocked pool, exactly; consumed stays.
         for k, i in enumerate(c.idx):
             b = self.blocks[i]
-            slack = b.tol() + b.fp() + FP_REL * np.abs(c.remaining[k])
+            slack = b.tol() + b.fp() + FP_REL * np.abs(c.booked_remaining[k])
             back = after["unlocked"][i] - before["unlocked"][i]
-            assert np.all(np.abs(back - c.remaining[k]) <= slack), (
-                f"expire returned {back} to block {b.id}, the rest of the grant was {c.remaining[k]}"
+            assert np.all(np.abs(back - c.booked_remaining[k]) <= slack), (
+                f"expire returned {back} to block {b.id}, the booked rest of the grant was {c.booked_remaining[k]}"
             )
             assert after["consumed"][i].tobytes() == before["consumed"][i].tobytes(), "expire changed consumed"
             assert after["locked"][i].tobytes() == before["locked"][i].tobytes(), "expire changed locked"
-            b.allocated = b.allocated - c.remaining[k]
-            b.churn = b.churn + np.abs(c.remaining[k])
+            b.allocated = b.allocated - c.booked_remaining[k]
+            b.churn = b.churn + np.abs(c.booked_remaining[k])
         c.remaining = np.zeros_like(c.remaining)
+        c.booked_remaining = np.zeros_like(c.booked_remaining)
         c.state = ClaimState.EXPIRED
         c.reason = "lease expired"
 
@@ -1512,6 +1535,72 @@ def scenario_capacity_limit(make_ledger: LedgerFactory, comp: Composition) -> No
         assert not snapshot_diff(before, snapshot(ledger))
 
 
+def scenario_huge_renyi_demand_creates_no_budget(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Defect D1 (docs/reliability.md), pinned witness: a Rényi demand of 1e17 at an order of capacity 24 (the
+    claim fits at another order), granted then released, must give back exactly what it took.
+
+    Booking the full demand made ``24 − 1e17 + 1e17`` round to 32: 8 units of budget created at α = 2, and a
+    claim demanding (30, 5, 5), over the capacity at every order, was then granted. Rényi only.
+    """
+    if not isinstance(comp, RenyiComposition):
+        return
+    rcomp = RenyiComposition(AlphaGrid((2.0, 4.0, 8.0)))
+    cap = np.array([24.0, 1.0, 1.0])
+    ledger = _one_block(make_ledger, rcomp, cap)
+    ledger.add_claim(Claim("c", {"b": make_budget(rcomp, [1e17, 0.1, 0.1])}))
+    ledger.allocate("c", 0.0)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    ledger.release("c")
+    np.testing.assert_array_equal(ledger.unlocked[0], cap)
+    np.testing.assert_array_equal(allocated_array(ledger)[0], 0.0)
+    ledger.add_claim(Claim("over", {"b": make_budget(rcomp, [30.0, 5.0, 5.0])}))
+    _refused("allocate (30, 5, 5) on a block of capacity (24, 1, 1)", lambda: ledger.allocate("over", 1.0), ledger,
+             InsufficientBudgetError)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
+def scenario_huge_renyi_demands_leave_allocated_nonnegative(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Defect D1's second face, pinned witness: two claims demanding ≈ 1e6 at an order of capacity 1 (they fit at
+    α = 8), granted and released, leave that order's allocated budget at exactly 0 (it was −1.16e-10: the
+    rounding of ``(a + b) − a − b``), never negative (DESIGN.md, invariant 7). Rényi only.
+    """
+    if not isinstance(comp, RenyiComposition):
+        return
+    rcomp = RenyiComposition(AlphaGrid((2.0, 4.0, 8.0)))
+    cap = np.array([1.0, 1.0, 24.0])
+    ledger = _one_block(make_ledger, rcomp, cap)
+    for cid, x in (("c1", 1675697.883552159), ("c2", 954969.0891183912)):
+        ledger.add_claim(Claim(cid, {"b": make_budget(rcomp, [x, 5.0, 1.0])}))
+        ledger.allocate(cid, 0.0)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+    ledger.release("c1")
+    ledger.release("c2")
+    allocated = allocated_array(ledger)[0]
+    assert (allocated >= 0).all(), allocated.tolist()
+    np.testing.assert_array_equal(allocated, 0.0)
+    np.testing.assert_array_equal(ledger.unlocked[0], cap)
+    assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
+def scenario_forged_delta_at_least_one(make_ledger: LedgerFactory, comp: Composition) -> None:
+    """Defect D2 (docs/reliability.md): a forged (ε, δ) with δ ≥ 1, as a capacity, a demand or a consumption, is
+    refused with InvalidBudgetError and changes nothing. Basic composition only."""
+    if isinstance(comp, RenyiComposition):
+        return
+    for delta in (1.0, 5.0, 1e6):
+        ledger = make_ledger(comp)
+        block = Block("b", forge_budget(comp, [1.0, delta]))
+        _refused(f"add_block(δ = {delta})", lambda b=block, led=ledger: led.add_block(b), ledger, InvalidBudgetError)
+        ledger = _one_block(make_ledger, comp, _cap_row(comp))
+        claim = Claim("c", {"b": forge_budget(comp, [0.1, delta])})
+        _refused(f"add_claim(δ = {delta})", lambda c=claim, led=ledger: led.add_claim(c), ledger, InvalidBudgetError)
+        ledger.add_claim(Claim("ok", {"b": make_budget(comp, [0.5, 5e-7])}))
+        ledger.allocate("ok", 0.0)
+        amount = {"b": forge_budget(comp, [0.1, delta])}
+        _refused(f"consume(δ = {delta})", lambda a=amount, led=ledger: led.consume("ok", a), ledger, InvalidBudgetError)
+        assert ledger.violations() == [], [str(v) for v in ledger.violations()]
+
+
 SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "capacity_limit": scenario_capacity_limit,
     "clip_within_tolerance": scenario_clip_within_tolerance,
@@ -1528,6 +1617,9 @@ SCENARIOS: dict[str, Callable[[LedgerFactory, Composition], None]] = {
     "consume_all_after_partial": scenario_consume_all_after_partial,
     "lease_expiry_returns_remainder": scenario_lease_expiry_returns_remainder,
     "lease_renewals_keep_claim": scenario_lease_renewals_keep_claim,
+    "huge_renyi_demand_creates_no_budget": scenario_huge_renyi_demand_creates_no_budget,
+    "huge_renyi_demands_leave_allocated_nonnegative": scenario_huge_renyi_demands_leave_allocated_nonnegative,
+    "forged_delta_at_least_one": scenario_forged_delta_at_least_one,
 }
 
 __all__ = [

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from dpf_sched.block import Block, check_time
 from dpf_sched.budget import Budget
 from dpf_sched.claim import Claim
-from dpf_sched.composition import REL_TOL, Composition, check_capacity
+from dpf_sched.composition import REL_TOL, BasicComposition, Composition, check_capacity
 from dpf_sched.errors import (
     DuplicateIdError,
     InsufficientBudgetError,
@@ -58,6 +58,11 @@ class _ClaimEntry:
     #: Σ of the amounts the caller's consumptions reported, before clipping (what bounds the rounding slack
     #: over the whole grant). Not stored in the SQL tables: the journal's replay rebuilds it.
     reported: FloatArray
+    #: What the blocks' buckets hold for this claim: the remainder and the consumption *saturated* at
+    #: ``_SATURATION × capacity`` per order (docs/ledger.md, "Saturation"). Equal to ``remaining`` and
+    #: ``consumed`` wherever those stay within it, which is always under basic composition.
+    booked_remaining: FloatArray
+    booked_consumed: FloatArray
     state: ClaimState = ClaimState.WAITING
     granted_at: float | None = None
     decided_at: float | None = None
@@ -65,10 +70,13 @@ class _ClaimEntry:
     lease_deadline: float | None = None
 
 
-def _check_row(rows: FloatArray, what: str) -> None:
-    """Budget rows reaching the ledger must be finite and ≥ 0, whatever built them (defence in depth)."""
+def _check_row(rows: FloatArray, what: str, composition: Composition) -> None:
+    """Budget rows reaching the ledger must be finite and ≥ 0, and a basic row's δ below 1, whatever built them
+    (defence in depth: an ``EpsDelta`` forged past its validation must not reach the buckets, defect D2)."""
     if not np.isfinite(rows).all() or (rows < 0).any():
         raise InvalidBudgetError(f"{what} holds a negative or non-finite value: {np.asarray(rows).tolist()}")
+    if isinstance(composition, BasicComposition) and (np.asarray(rows)[..., 1] >= 1.0).any():
+        raise InvalidBudgetError(f"{what} holds a δ ≥ 1: {np.asarray(rows).tolist()}")
 
 
 #: Rounding slack, relative to the demand, at columns of zero capacity: a few dozen ulps, enough for the
@@ -80,6 +88,17 @@ def _claim_tolerance(cap: FloatArray, demand: FloatArray) -> FloatArray:
     """Rounding slack of a claim's total consumption: ``REL_TOL × capacity`` per column, and at columns of zero
     capacity (unusable Rényi orders, which still carry the demand) a few ulps of the demand."""
     return np.asarray(np.where(cap > 0, cap * REL_TOL, demand * _ZERO_CAP_SLACK), dtype=np.float64)
+
+
+#: A claim's booking at an order is capped at this multiple of the block's capacity there (docs/ledger.md,
+#: "Saturation"): any amount above 1 × capacity makes an order dead whatever it is, so booking more changes no
+#: decision, while booking huge values would make the buckets' rounding scale with the demand (defect D1).
+_SATURATION = 2.0
+
+
+def _saturation(cap: FloatArray) -> FloatArray:
+    """Per column, the most a claim books in a block's buckets: ``_SATURATION × capacity``."""
+    return np.asarray(cap * _SATURATION, dtype=np.float64)
 
 
 _A = TypeVar("_A", bound=NDArray[Any])
@@ -162,7 +181,7 @@ class MemoryLedger(Ledger):
         if block.id in self._block_index:
             raise DuplicateIdError(f"block {block.id} already exists")
         row = self.composition.row(block.capacity)
-        _check_row(row, f"block {block.id}: capacity")
+        _check_row(row, f"block {block.id}: capacity", self.composition)
         check_capacity(self.composition, row, f"block {block.id}")
         if self._n == self._cap.shape[0]:
             self._grow()
@@ -318,7 +337,7 @@ class MemoryLedger(Ledger):
         demand = np.array(
             [rows.get(id(v)) if id(v) in rows else rows.setdefault(id(v), row(v)) for v in claim.demand.values()]
         )
-        _check_row(demand, f"claim {claim.id}: demand")
+        _check_row(demand, f"claim {claim.id}: demand", self.composition)
         # Both are returned to the caller and kept as the claim's own rows: immutable, so the caller cannot
         # change what a later allocate moves or where.
         idx, demand = _frozen(idx), _frozen(demand)
@@ -329,6 +348,8 @@ class MemoryLedger(Ledger):
             remaining=self._zero(demand.shape),
             consumed=self._zero(demand.shape),
             reported=self._zero(demand.shape),
+            booked_remaining=self._zero(demand.shape),
+            booked_consumed=self._zero(demand.shape),
         )
         return idx, demand
 
@@ -361,10 +382,16 @@ class MemoryLedger(Ledger):
             # the whole demand is set aside there as spec/dpf.md says; the claim fits at another order.)
             clip = over & (unlocked >= 0) & (grant <= unlocked + self.composition.tolerance(self._cap[idx]))
             grant = np.where(clip, unlocked, grant)
+        # The blocks book the grant saturated at 2 × capacity (docs/ledger.md, "Saturation"): a Rényi order where
+        # the demand is far above the capacity is dead either way, and booking the full demand there would make
+        # the buckets' rounding scale with the demand and create or lose budget (defect D1).
+        booked = np.minimum(grant, _saturation(self._cap[idx]))
         self._changed("unlocked", "allocated")
-        self._unlocked[idx] -= grant
-        self._allocated[idx] += grant
+        self._unlocked[idx] -= booked
+        self._allocated[idx] += booked
         e.remaining = grant.copy()
+        e.booked_remaining = booked
+        e.booked_consumed = self._zero(booked.shape)
         e.state = ClaimState.GRANTED
         e.granted_at = e.decided_at = now
         if e.claim.lease is not None:
@@ -434,8 +461,10 @@ class MemoryLedger(Ledger):
         idx = e.idx
         if amounts is None:  # spend the whole rest of the grant: nothing to validate
             self._changed("allocated", "consumed")
-            self._allocated[idx] -= e.remaining
-            self._consumed[idx] += e.remaining
+            self._allocated[idx] -= e.booked_remaining
+            self._consumed[idx] += e.booked_remaining
+            e.booked_consumed = e.booked_consumed + e.booked_remaining
+            e.booked_remaining = self._zero(e.remaining.shape)
             e.consumed = np.minimum(e.consumed + e.remaining, e.demand)
             e.reported = e.reported + e.remaining
             e.remaining = self._zero(e.remaining.shape)
@@ -450,7 +479,7 @@ class MemoryLedger(Ledger):
                 if b not in pos:
                     raise UnknownBlockError(f"claim {claim_id} holds no grant on block {b!r}")
                 amt[pos[b]] = self.composition.row(budget)
-        _check_row(amt, f"claim {claim_id}: consumption")
+        _check_row(amt, f"claim {claim_id}: consumption", self.composition)
         # A consumption may exceed what remains of the grant by rounding only: at most the tolerance over the
         # rest and over the whole grant (the sum of what the caller reported, not per call); beyond that it is
         # refused. Within it, the ledger books exactly the rest (clip, don't overshoot: docs/ledger.md), so
@@ -466,11 +495,23 @@ class MemoryLedger(Ledger):
                 f"but only {e.remaining[k, col]:.12g} of its grant remains"
             )
         booked = np.minimum(amt, e.remaining)
+        remaining = e.remaining - booked
+        consumed = np.minimum(e.consumed + booked, e.demand)
+        # What moves in the blocks' buckets (docs/ledger.md, "Saturation"): exactly ``booked`` while the claim's
+        # consumption stays below the saturation and was not saturated before; otherwise what takes the booked
+        # consumption to min(consumed, saturation); all that is booked once nothing of the grant remains.
+        sat = _saturation(self._cap[idx])
+        exact = (consumed < sat) & (e.booked_consumed == e.consumed)
+        move = np.where(exact, booked, np.minimum(consumed, sat) - e.booked_consumed)
+        move = np.clip(move, 0.0, e.booked_remaining)
+        move = np.where(remaining <= 0, e.booked_remaining, move)
         self._changed("allocated", "consumed")
-        self._allocated[idx] -= booked
-        self._consumed[idx] += booked
-        e.remaining = e.remaining - booked
-        e.consumed = np.minimum(e.consumed + booked, e.demand)
+        self._allocated[idx] -= move
+        self._consumed[idx] += move
+        e.booked_remaining = e.booked_remaining - move
+        e.booked_consumed = e.booked_consumed + move
+        e.remaining = remaining
+        e.consumed = consumed
         e.reported = e.reported + amt
 
     def release(self, claim_id: str, now: float = 0.0, *, request_id: str | None = None) -> None:
@@ -481,9 +522,9 @@ class MemoryLedger(Ledger):
         self._require_granted(e, "release")
         idx = e.idx
         self._changed("allocated", "unlocked")
-        self._allocated[idx] -= e.remaining
-        self._unlocked[idx] += e.remaining
-        e.remaining = self._zero(e.remaining.shape)
+        self._allocated[idx] -= e.booked_remaining
+        self._unlocked[idx] += e.booked_remaining
+        e.booked_remaining = e.remaining = self._zero(e.remaining.shape)
         e.state = ClaimState.FINISHED
         if request_id is not None:
             self._requests[request_id] = ("release", claim_id, None)
@@ -526,9 +567,9 @@ class MemoryLedger(Ledger):
             raise InvalidStateError(f"claim {claim_id}: its lease runs until {d}, not expired at {now}")
         idx = e.idx
         self._changed("allocated", "unlocked")
-        self._allocated[idx] -= e.remaining
-        self._unlocked[idx] += e.remaining
-        e.remaining = self._zero(e.remaining.shape)
+        self._allocated[idx] -= e.booked_remaining
+        self._unlocked[idx] += e.booked_remaining
+        e.booked_remaining = e.remaining = self._zero(e.remaining.shape)
         e.state = ClaimState.EXPIRED
         e.lease_deadline = d
         e.reason = "lease expired"
@@ -578,9 +619,12 @@ class MemoryLedger(Ledger):
                 continue
             if e.state in (ClaimState.FINISHED, ClaimState.EXPIRED) and e.remaining.any():
                 out.append(InvariantViolation(4, f"claim {cid}", f"{e.state.value} but still holds budget"))
-            np.add.at(alloc, e.idx, e.remaining)
-            np.add.at(cons, e.idx, e.consumed)
-            np.add.at(through, e.idx, e.demand)
+            # The blocks hold the claims' booked (saturated) amounts, so those are what must add up.
+            np.add.at(alloc, e.idx, e.booked_remaining)
+            np.add.at(cons, e.idx, e.booked_consumed)
+            np.add.at(through, e.idx, e.booked_remaining + e.booked_consumed)
+            if (e.booked_remaining + e.booked_consumed > _saturation(cap[e.idx]) * (1 + 1e-12)).any():
+                out.append(InvariantViolation(3, f"claim {cid}", "books more than 2 × capacity"))
             if (e.consumed > e.demand + _claim_tolerance(cap[e.idx], e.demand)).any():
                 out.append(InvariantViolation(4, f"claim {cid}", "consumed more than granted"))
         # Rounding error scales with the magnitudes summed (unusable Rényi orders have capacity 0 but carry

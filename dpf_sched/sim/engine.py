@@ -485,7 +485,9 @@ class _Run:
     def _grant(self, k: int, now: float) -> None:
         lo, hi = int(self.ptr[k]), int(self.ptr[k + 1])
         b = self.rb[lo:hi]
-        self.S[b] += self.D[lo:hi]
+        # Booked as the ledger books it: saturated at 2 × capacity per column (docs/ledger.md, "Saturation"). A
+        # saturated column is over the capacity either way, so no decision changes, and the buckets match.
+        self.S[b] += np.minimum(self.D[lo:hi], 2.0 * self.G[b])
         S, S_py = self.S, self.S_py
         for x in b.tolist():
             S_py[x] = S[x].tolist()

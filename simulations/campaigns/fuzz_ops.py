@@ -439,9 +439,13 @@ class FuzzSequence:
             ix = np.array(idx)
             dem, con_, rem_, seen_ = (np.array(x) for x in (rows_d, rows_c, rows_r, rows_m))
             g, h = np.array(granted), np.array(holding)
-            np.add.at(used, ix, con_)
+            # The blocks book each claim's consumption and remainder saturated at 2 × capacity per column
+            # (docs/ledger.md, "Saturation"): compare them with the claims' values saturated the same way.
+            sat = 2.0 * cap[ix]
+            con_sat = np.minimum(con_, sat)
+            np.add.at(used, ix, con_sat)
             np.add.at(flow, ix[g], dem[g])
-            np.add.at(held, ix[h], rem_[h])
+            np.add.at(held, ix[h], (np.minimum(rem_ + con_, sat) - con_sat)[h])
             over = np.any(con_ > dem + REL_TOL * np.abs(cap[ix]) + FP, axis=1)
             if over.any():
                 k = int(np.argmax(over))

@@ -1159,10 +1159,11 @@ def eps_delta_of(budget: Budget, delta: float) -> EpsDelta | None:
 
 
 def _throughput(mem: MemoryLedger) -> np.ndarray[Any, Any]:
-    """Per block, the demand of every claim ever granted on it (the flow that rounding error scales with)."""
+    """Per block, what every claim ever granted on it booked there (its grant saturated at 2 × capacity,
+    docs/ledger.md "Saturation"): the flow that rounding error scales with."""
     through = np.zeros_like(mem.capacity)
     for cid in mem.claim_ids():
         e = mem._entry(cid)
         if e.state not in (ClaimState.WAITING, ClaimState.REJECTED):
-            np.add.at(through, e.idx, e.demand)
+            np.add.at(through, e.idx, e.booked_remaining + e.booked_consumed)
     return through
