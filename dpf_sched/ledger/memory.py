@@ -494,8 +494,13 @@ class MemoryLedger(Ledger):
                 f"claim {claim_id} consumes {amt[k, col]:.12g} on block {e.claim.blocks[k]} (column {col}) "
                 f"but only {e.remaining[k, col]:.12g} of its grant remains"
             )
-        booked = np.minimum(amt, e.remaining)
-        remaining = e.remaining - booked
+        # Where the caller's running total stays within the grant, its amount is booked as given, so a job that
+        # charges the differences of its own running totals ends with exactly that total on the ledger (bit for
+        # bit: docs/opacus.md); the rest of the grant, accumulated by subtraction, may then be an ulp short, and it
+        # is floored at zero rather than booked below it. Elsewhere (within the tolerance) the rest is booked.
+        within = e.reported + amt <= e.demand
+        booked = np.where(within, amt, np.minimum(amt, e.remaining))
+        remaining = np.maximum(e.remaining - booked, 0.0)
         consumed = np.minimum(e.consumed + booked, e.demand)
         # What moves in the blocks' buckets (docs/ledger.md, "Saturation"): exactly ``booked`` while the claim's
         # consumption stays below the saturation and was not saturated before; otherwise what takes the booked
@@ -503,12 +508,15 @@ class MemoryLedger(Ledger):
         sat = _saturation(self._cap[idx])
         exact = (consumed < sat) & (e.booked_consumed == e.consumed)
         move = np.where(exact, booked, np.minimum(consumed, sat) - e.booked_consumed)
-        move = np.clip(move, 0.0, e.booked_remaining)
-        move = np.where(remaining <= 0, e.booked_remaining, move)
+        move = np.maximum(move, 0.0)
+        # Out of allocated: never more than is booked there (an ulp of rounding goes to consumed, erring toward
+        # privacy), and all of it once nothing of the grant remains.
+        take = np.minimum(move, e.booked_remaining)
+        take = np.where(remaining <= 0, e.booked_remaining, take)
         self._changed("allocated", "consumed")
-        self._allocated[idx] -= move
+        self._allocated[idx] -= take
         self._consumed[idx] += move
-        e.booked_remaining = e.booked_remaining - move
+        e.booked_remaining = e.booked_remaining - take
         e.booked_consumed = e.booked_consumed + move
         e.remaining = remaining
         e.consumed = consumed
