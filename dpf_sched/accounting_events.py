@@ -38,7 +38,8 @@ import numpy as np
 
 from dpf_sched.accounting import FloatArray, gaussian_rdp, laplace_rdp, subsampled_gaussian_rdp
 from dpf_sched.budget import AlphaGrid, RenyiCurve
-from dpf_sched.errors import DpfSchedError, InvalidParameterError
+from dpf_sched.errors import InvalidParameterError
+from dpf_sched.extras import MissingExtraError
 
 __all__ = [
     "DpAccountingMissingError",
@@ -54,8 +55,9 @@ INSTALL_HINT = "pip install 'dpf-sched[dp-accounting]'"
 MAX_DEPTH = 100
 
 
-class DpAccountingMissingError(DpfSchedError, ImportError):
-    """The ``dp-accounting`` extra is not installed, so ``DpEvent`` values cannot be converted."""
+class DpAccountingMissingError(MissingExtraError):
+    """The ``dp-accounting`` extra is not installed, so ``DpEvent`` values cannot be converted (the CLI's
+    missing-extra error, exit 2, like every other extra's)."""
 
 
 class UnsupportedDpEventError(InvalidParameterError):
@@ -77,8 +79,7 @@ def _dp_event_module() -> ModuleType:
         return importlib.import_module("dp_accounting.dp_event")
     except ImportError as exc:
         raise DpAccountingMissingError(
-            f"converting a dp-accounting DpEvent needs the dp-accounting package, which is not installed: "
-            f"{INSTALL_HINT}"
+            "dp-accounting", "dp_accounting.dp_event", exc, "converting a dp-accounting DpEvent"
         ) from exc
 
 

@@ -24,7 +24,7 @@ from dpf_sched.errors import (
     UnknownClaimError,
 )
 from dpf_sched.integrations.opacus.client import BudgetClient, SchedulerClient
-from dpf_sched.integrations.opacus.lease import LeaseRenewer
+from dpf_sched.integrations.lease import LeaseRenewer
 from dpf_sched.ledger import ClaimState, MemoryLedger
 from dpf_sched.scheduler import Scheduler
 

@@ -25,7 +25,7 @@ from sql_ledger_support import PG_SKIP, drop_schemas, new_schema_name, pg_url
 
 from dpf_sched.client import ServiceClient
 from dpf_sched.errors import LeaseExpiredError
-from dpf_sched.integrations.opacus.lease import LeaseRenewer
+from dpf_sched.integrations.lease import LeaseRenewer
 from dpf_sched.ledger.sql import open_ledger
 
 LEASE = 1.5

@@ -20,6 +20,7 @@ here imports torch, opacus, httpx or dp-accounting (the latter is imported when 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from dpf_sched.budget import AlphaGrid, RenyiCurve
 from dpf_sched.composition import REL_TOL
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, InvalidStateError, OverConsumptionError
 from dpf_sched.integrations.charge import Cost, charged_blocks, cost_curve
+from dpf_sched.integrations.lease import LeaseRenewer
 from dpf_sched.ledger.base import ClaimRecord, ClaimState
 
 if TYPE_CHECKING:  # the protocol's module lives in the opacus package, whose __init__ imports torch
@@ -146,6 +148,16 @@ class BudgetedSweep:
         self._in_doubt: list[str] = []
         self._total = RenyiCurve(self.grid, np.zeros(len(self.grid)))
         self._report: SweepReport | None = None
+        # A leased claim (the service's default) must outlive the sweep's longest trial: a remote client renews
+        # from a LeaseRenewer thread; an in-process scheduler is single-threaded, so it is renewed with each charge.
+        self._renewer: LeaseRenewer | None = None
+        self._renew_inline = False
+        lease, renew = record.claim.lease, getattr(client, "renew", None)
+        if lease is not None and callable(renew):
+            if getattr(client, "scheduler", None) is not None:
+                self._renew_inline = True
+            else:
+                self._renewer = LeaseRenewer(client, claim_id, lease, renew_now=False).start()
 
     # ----- planning --------------------------------------------------------------------------------------------
     @staticmethod
@@ -214,6 +226,9 @@ class BudgetedSweep:
             raise InvalidStateError(f"the sweep on claim {self.claim_id} has finished; no trial can be charged")
         label = f"trial-{len(self._trials) + len(self._refused)}" if name is None else str(name)
         charge = cost_curve(cost, self.grid)
+        if self._renew_inline:
+            with contextlib.suppress(InvalidStateError):  # not granted any more: the check below says so
+                self.client.renew(self.claim_id)
         record = self.client.status(self.claim_id)
         if record.state is not ClaimState.GRANTED:
             raise InvalidStateError(
@@ -263,6 +278,8 @@ class BudgetedSweep:
         report. If the claim is no longer granted (already released, expired), nothing is released."""
         if self._report is not None:
             return self._report
+        if self._renewer is not None:
+            self._renewer.close()
         record = self.client.status(self.claim_id)
         released = False
         if record.state is ClaimState.GRANTED:

@@ -76,7 +76,7 @@ class BudgetClient(Protocol):
 
         Raises :class:`~dpf_sched.errors.LeaseExpiredError` once the lease lapsed and the claim expired (its
         unspent budget went back to the pool), :class:`~dpf_sched.errors.InvalidStateError` for another claim
-        that is not granted. :class:`~dpf_sched.integrations.opacus.lease.LeaseRenewer` calls it from a thread.
+        that is not granted. :class:`~dpf_sched.integrations.lease.LeaseRenewer` calls it from a thread.
         """
         ...
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from dpf_sched.budget import AlphaGrid, Budget, RenyiCurve
 from dpf_sched.claim import Claim
 from dpf_sched.errors import DpfSchedError, InvalidParameterError, InvalidStateError
+from dpf_sched.integrations.lease import LeaseRenewer
 from dpf_sched.integrations.opacus.client import (
     BudgetClient,
     SchedulerClient,
@@ -45,7 +46,6 @@ from dpf_sched.integrations.opacus.errors import (
 )
 from dpf_sched.integrations.opacus.history import Segment, _merge, history_curve
 from dpf_sched.integrations.opacus.hook import BudgetHook
-from dpf_sched.integrations.opacus.lease import LeaseRenewer
 from dpf_sched.integrations.opacus.plan import (
     DpSgdPlan,
     _positive_int,
