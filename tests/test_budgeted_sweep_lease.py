@@ -10,16 +10,16 @@ import pytest
 
 pytest.importorskip("opacus", reason="SchedulerClient lives in the opacus integration package")
 
-from dpf_sched.block import Block  # noqa: E402
-from dpf_sched.budget import AlphaGrid, EpsDelta, RenyiCurve  # noqa: E402
-from dpf_sched.claim import Claim  # noqa: E402
-from dpf_sched.clock import ManualClock  # noqa: E402
-from dpf_sched.composition import RenyiComposition  # noqa: E402
-from dpf_sched.errors import InvalidStateError  # noqa: E402
-from dpf_sched.integrations.opacus.client import SchedulerClient  # noqa: E402
-from dpf_sched.integrations.sweep import BudgetedSweep  # noqa: E402
-from dpf_sched.ledger import ClaimState, MemoryLedger  # noqa: E402
-from dpf_sched.scheduler import Scheduler  # noqa: E402
+from dpf_sched.block import Block
+from dpf_sched.budget import AlphaGrid, EpsDelta, RenyiCurve
+from dpf_sched.claim import Claim
+from dpf_sched.clock import ManualClock
+from dpf_sched.composition import RenyiComposition
+from dpf_sched.errors import InvalidStateError
+from dpf_sched.integrations.opacus.client import SchedulerClient
+from dpf_sched.integrations.sweep import BudgetedSweep
+from dpf_sched.ledger import ClaimState, MemoryLedger
+from dpf_sched.scheduler import Scheduler
 
 GRID = AlphaGrid.default()
 CAPACITY = EpsDelta(20.0, 1e-6).to_renyi(GRID, "balle")
