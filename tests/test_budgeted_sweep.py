@@ -45,8 +45,30 @@ def client_with_claim(demand: RenyiCurve, blocks: int = 2) -> tuple[SchedulerCli
     return client, "sweep"
 
 
-def ledger_consumed(client: SchedulerClient, block: str) -> np.ndarray:
-    return np.asarray(client.scheduler.ledger.budgets(block).consumed.values)  # type: ignore[union-attr]
+def ledger_consumed(client: SchedulerClient, block: str, cid: str = "sweep") -> np.ndarray:
+    """The claim's true consumption on ``block`` as the ledger records it (its ``ClaimRecord``, not the block's
+    buckets, which book it saturated: docs/ledger.md, "Saturation")."""
+    return np.asarray(client.scheduler.ledger.claim(cid).consumed[block].values)  # type: ignore[union-attr]
+
+
+def assert_saturated(booked: np.ndarray, true: np.ndarray, capacity: np.ndarray) -> None:
+    """A block's consumed bucket holds ``min(true, 2 × capacity)`` per order (0 at orders of zero capacity):
+    exactly the true value wherever it is below 2 × capacity, and 2 × capacity up to rounding elsewhere."""
+    below = true < 2.0 * capacity
+    assert np.array_equal(booked[below], true[below])
+    np.testing.assert_allclose(booked, np.where(capacity > 0, np.minimum(true, 2.0 * capacity), 0.0), rtol=1e-12)
+
+
+def assert_blocks_book_saturated(client: SchedulerClient, cid: str = "sweep") -> None:
+    """Every block of the (only) claim books that claim's consumption saturated (docs/ledger.md)."""
+    ledger = client.scheduler.ledger
+    for block in ledger.claim(cid).claim.blocks:
+        budgets = ledger.budgets(block)
+        assert_saturated(
+            np.asarray(budgets.consumed.values),  # type: ignore[union-attr]
+            ledger_consumed(client, block, cid),
+            np.asarray(budgets.capacity.values),  # type: ignore[union-attr]
+        )
 
 
 def test_every_trial_is_charged_and_the_ledger_holds_exactly_their_sum() -> None:
@@ -64,10 +86,15 @@ def test_every_trial_is_charged_and_the_ledger_holds_exactly_their_sum() -> None
     expected = np.zeros(len(GRID))
     for t in report.trials:
         expected = expected + t.charge.values
+    capacity = np.asarray(client.scheduler.ledger.budgets("b0").capacity.values)  # type: ignore[union-attr]
+    # The demand is far above the capacity at the high orders and the lowest order has none: the blocks book
+    # saturated values there, the true ones elsewhere.
+    assert (expected < 2 * capacity).any() and (expected > 2 * capacity).any() and (capacity == 0).any()
     for block in ("b0", "b1"):
         assert np.array_equal(ledger_consumed(client, block), expected)  # exactly, not approximately
         assert np.array_equal(report.consumed[block].values, expected)
         assert client.scheduler.ledger.budgets(block).allocated.is_zero()
+    assert_blocks_book_saturated(client)
     assert np.array_equal(report.total.values, expected)
     assert report.to_dict()["trials"][1]["charge"] == report.trials[1].charge.values.tolist()
 
@@ -81,6 +108,7 @@ def test_many_trials_sum_exactly() -> None:
     report = sweep.finish()
     assert len(report.trials) == 25 and report.trials[24].name == "trial-24"
     assert np.array_equal(ledger_consumed(client, "b0"), report.total.values)
+    assert_blocks_book_saturated(client)
     assert sweep.finish() is report  # once
 
 
@@ -113,6 +141,7 @@ def test_a_trial_over_the_claim_is_refused_and_nothing_is_charged() -> None:
     report = sweep.finish()
     assert [t.name for t in report.trials] == ["a", "b"] and report.refused == ("train_big", "big")
     assert np.array_equal(ledger_consumed(client, "b0"), report.total.values)
+    assert_blocks_book_saturated(client)
 
 
 def test_run_charges_before_the_trial_reads_anything() -> None:
@@ -122,12 +151,14 @@ def test_run_charges_before_the_trial_reads_anything() -> None:
     def train(seed: int) -> float:
         # Inside the trial its charge is already in the ledger.
         assert np.array_equal(ledger_consumed(client, "b1"), event_curve(TRIALS[0], GRID).values)
+        assert_blocks_book_saturated(client)
         return 0.5 + seed
 
     assert sweep.run(TRIALS[0], train, seed=1) == 1.5
     report = sweep.finish()
     assert report.trials[0].name == "train" and report.blocks == ("b1",)
     assert not ledger_consumed(client, "b0").any()  # only the named block was charged
+    assert_blocks_book_saturated(client)
 
 
 def test_leaving_with_an_error_still_releases_the_rest() -> None:
@@ -137,6 +168,7 @@ def test_leaving_with_an_error_still_releases_the_rest() -> None:
         raise RuntimeError("diverged")
     assert client.status(cid).state is ClaimState.FINISHED
     assert np.array_equal(ledger_consumed(client, "b0"), event_curve(TRIALS[0], GRID).values)
+    assert_blocks_book_saturated(client)
     with pytest.raises(InvalidStateError, match="finished"):
         sweep.charge(TRIALS[1])
 
@@ -172,5 +204,6 @@ def test_a_charge_that_loses_a_race_is_refused_by_the_ledger_and_charges_nothing
     with pytest.raises(TrialRefusedError):
         sweep.charge(TRIALS[0], "second")
     assert np.array_equal(ledger_consumed(client, "b0"), stolen)
+    assert_blocks_book_saturated(client)
     report = sweep.finish()
     assert report.refused == ("second",) and len(report.trials) == 1

@@ -74,9 +74,18 @@ def test_the_sweep_runs_against_the_service(tmp_path: Path) -> None:
         out = json.loads(proc.stdout)
         with ServiceClient(server.url, admin) as client:
             block = client.block("day-0")
+            record = client.status(out["claim_id"])
             audit = client.audit()
     assert len(out["trials"]) == 3 and len(out["refused"]) == 1 and out["claim_state"] == "finished"
     check_sum(out)
-    np.testing.assert_array_equal(block.consumed.values, out["ledger_consumed"])  # type: ignore[union-attr]
+    # The claim's record holds the true sum, exactly; the block books it saturated at 2 × its capacity per order
+    # (docs/ledger.md, "Saturation"): exactly the true value below that, 2 × capacity above, 0 where it has none.
+    true = np.asarray(out["ledger_consumed"])
+    np.testing.assert_array_equal(record.consumed["day-0"].values, true)  # type: ignore[union-attr]
+    booked, capacity = np.asarray(block.consumed.values), np.asarray(block.capacity.values)  # type: ignore[union-attr]
+    below = true < 2.0 * capacity
+    assert below.any() and (~below).any()  # both kinds of order are exercised
+    np.testing.assert_array_equal(booked[below], true[below])
+    np.testing.assert_allclose(booked, np.where(capacity > 0, np.minimum(true, 2.0 * capacity), 0.0), rtol=1e-12)
     assert block.allocated.is_zero()
     assert audit.ok, audit.raw

@@ -79,15 +79,29 @@ def test_the_example_runs_against_the_service(tmp_path: Path) -> None:
             block = client.block("day-0")
             audit = client.audit()
             states = {c.claim.id: c.state.value for c in client.claims()}
+            records = {out["claim_id"]: client.status(out["claim_id"]) for out in outs}
     assert states == {"stats-1": "finished", "stats-2": "finished"}
+    capacity = np.asarray(block.capacity.values)  # type: ignore[union-attr]
     total = np.zeros(len(outs[0]["alphas"]))
+    saturated = np.zeros(len(outs[0]["alphas"]))
+    below = np.ones(len(outs[0]["alphas"]), dtype=bool)
     for out in outs:
         charges = list(out["charged"].values())
-        assert np.array_equal(out["ledger_consumed"], sum(np.asarray(c) for c in charges))
+        true = np.asarray(out["ledger_consumed"])
+        assert np.array_equal(true, sum(np.asarray(c) for c in charges))
+        # The claim's record holds its true consumption, exactly.
+        np.testing.assert_array_equal(records[out["claim_id"]].consumed["day-0"].values, true)  # type: ignore[union-attr]
         for charge in charges:
             total = total + np.asarray(charge)
+        saturated = saturated + np.where(capacity > 0, np.minimum(true, 2.0 * capacity), 0.0)
+        below &= true < 2.0 * capacity
     assert set(outs[1]["charged"]) == {"mean"}
-    np.testing.assert_array_equal(block.consumed.values, total)  # type: ignore[union-attr]
+    # The block books each claim saturated at 2 × its capacity per order, nothing where it has none
+    # (docs/ledger.md, "Saturation"): the charges' sum exactly where every claim stays below that.
+    booked = np.asarray(block.consumed.values)  # type: ignore[union-attr]
+    assert below.any() and (capacity == 0).any()
+    np.testing.assert_array_equal(booked[below], total[below])
+    np.testing.assert_allclose(booked, saturated, rtol=1e-12)
     assert block.allocated.is_zero()
     assert audit.ok, audit.raw
 
