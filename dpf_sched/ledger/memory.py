@@ -63,6 +63,9 @@ class _ClaimEntry:
     #: ``consumed`` wherever those stay within it, which is always under basic composition.
     booked_remaining: FloatArray
     booked_consumed: FloatArray
+    #: The grant as booked at allocation (the demand, or what was unlocked when the demand exceeded it by less
+    #: than the tolerance); zero before the grant.
+    granted: FloatArray
     state: ClaimState = ClaimState.WAITING
     granted_at: float | None = None
     decided_at: float | None = None
@@ -350,6 +353,7 @@ class MemoryLedger(Ledger):
             reported=self._zero(demand.shape),
             booked_remaining=self._zero(demand.shape),
             booked_consumed=self._zero(demand.shape),
+            granted=self._zero(demand.shape),
         )
         return idx, demand
 
@@ -390,6 +394,7 @@ class MemoryLedger(Ledger):
         self._unlocked[idx] -= booked
         self._allocated[idx] += booked
         e.remaining = grant.copy()
+        e.granted = grant.copy()
         e.booked_remaining = booked
         e.booked_consumed = self._zero(booked.shape)
         e.state = ClaimState.GRANTED
@@ -494,11 +499,12 @@ class MemoryLedger(Ledger):
                 f"claim {claim_id} consumes {amt[k, col]:.12g} on block {e.claim.blocks[k]} (column {col}) "
                 f"but only {e.remaining[k, col]:.12g} of its grant remains"
             )
-        # Where the caller's running total stays within the grant, its amount is booked as given, so a job that
-        # charges the differences of its own running totals ends with exactly that total on the ledger (bit for
-        # bit: docs/opacus.md); the rest of the grant, accumulated by subtraction, may then be an ulp short, and it
-        # is floored at zero rather than booked below it. Elsewhere (within the tolerance) the rest is booked.
-        within = e.reported + amt <= e.demand
+        # Where the caller's running total stays within the grant as booked, its amount is booked as given, so a
+        # job that charges the differences of its own running totals ends with exactly that total on the ledger
+        # (bit for bit: docs/opacus.md); the rest of the grant, accumulated by subtraction, may then be an ulp
+        # short, and it is floored at zero rather than booked below it. Elsewhere (within the tolerance) the rest
+        # is booked.
+        within = e.reported + amt <= e.granted
         booked = np.where(within, amt, np.minimum(amt, e.remaining))
         remaining = np.maximum(e.remaining - booked, 0.0)
         consumed = np.minimum(e.consumed + booked, e.demand)
@@ -528,14 +534,19 @@ class MemoryLedger(Ledger):
         e = self._entry(claim_id)
         check_time("time", now)
         self._require_granted(e, "release")
+        self._return_rest(e, ClaimState.FINISHED)
+        if request_id is not None:
+            self._requests[request_id] = ("release", claim_id, None)
+
+    def _return_rest(self, e: _ClaimEntry, state: ClaimState) -> None:
+        """End a granted claim in ``state`` (finished or expired): what is booked of its unspent rest goes back to
+        the unlocked pool; what it consumed stays consumed."""
         idx = e.idx
         self._changed("allocated", "unlocked")
         self._allocated[idx] -= e.booked_remaining
         self._unlocked[idx] += e.booked_remaining
         e.booked_remaining = e.remaining = self._zero(e.remaining.shape)
-        e.state = ClaimState.FINISHED
-        if request_id is not None:
-            self._requests[request_id] = ("release", claim_id, None)
+        e.state = state
 
     # ----- leases ------------------------------------------------------------------------------------------
     def renew(self, claim_id: str, now: float) -> float:
@@ -573,12 +584,7 @@ class MemoryLedger(Ledger):
             d = given
         if now < d:
             raise InvalidStateError(f"claim {claim_id}: its lease runs until {d}, not expired at {now}")
-        idx = e.idx
-        self._changed("allocated", "unlocked")
-        self._allocated[idx] -= e.booked_remaining
-        self._unlocked[idx] += e.booked_remaining
-        e.booked_remaining = e.remaining = self._zero(e.remaining.shape)
-        e.state = ClaimState.EXPIRED
+        self._return_rest(e, ClaimState.EXPIRED)
         e.lease_deadline = d
         e.reason = "lease expired"
 
