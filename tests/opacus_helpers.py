@@ -113,3 +113,16 @@ def rel_gap(a: RenyiCurve | np.ndarray, b: RenyiCurve | np.ndarray) -> float:
     y = b.values if isinstance(b, RenyiCurve) else np.asarray(b, dtype=float)
     scale = np.maximum(np.maximum(np.abs(x), np.abs(y)), 1e-300)
     return float(np.max(np.abs(x - y) / scale))
+
+
+def assert_block_books_saturated(ledger: Any, block: str, claim_id: str) -> None:
+    """``block``'s consumed bucket holds the claim's true consumption (its record) saturated per order:
+    ``min(true, 2 × capacity)``, 0 where the capacity is 0 (docs/ledger.md, "Saturation"); bit for bit wherever the
+    true value is below 2 × capacity. Only for a block whose sole consumer is that claim."""
+    true = np.asarray(ledger.claim(claim_id).consumed[block].values, dtype=float)
+    budgets = ledger.budgets(block)
+    booked = np.asarray(budgets.consumed.values, dtype=float)
+    capacity = np.asarray(budgets.capacity.values, dtype=float)
+    below = true < 2.0 * capacity
+    assert np.array_equal(booked[below], true[below]), (block, booked, true)
+    np.testing.assert_allclose(booked, np.where(capacity > 0, np.minimum(true, 2.0 * capacity), 0.0), rtol=1e-12)

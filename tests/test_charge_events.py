@@ -8,6 +8,8 @@ import pytest
 dpa = pytest.importorskip("dp_accounting", reason="the DpEvent path needs the 'dp-accounting' extra")
 pytest.importorskip("opacus", reason="SchedulerClient lives in the opacus integration package")
 
+from opacus_helpers import assert_block_books_saturated  # noqa: E402
+
 from dpf_sched.accounting_events import UnsupportedDpEventError, event_curve  # noqa: E402
 from dpf_sched.block import Block  # noqa: E402
 from dpf_sched.budget import AlphaGrid, EpsDelta, RenyiCurve  # noqa: E402
@@ -55,7 +57,7 @@ def test_an_event_is_charged_on_every_block_of_the_claim() -> None:
     assert charged == event_curve(EVENT, GRID)
     for block, values in consumed(client, cid).items():
         assert np.array_equal(values, charged.values), block
-        assert np.array_equal(client.scheduler.ledger.budgets(block).consumed.values, charged.values)  # type: ignore[union-attr]
+        assert_block_books_saturated(client.scheduler.ledger, block, cid)  # the block books it saturated
     charge_event(client, cid, EVENT)
     assert all(np.array_equal(v, (charged + charged).values) for v in consumed(client, cid).values())
 
