@@ -20,7 +20,17 @@ import torch
 
 pytest.importorskip("opacus", reason="the Opacus integration needs the 'opacus' extra")
 
-from opacus_helpers import GRID, QUIET, model, params_of, same_params, scheduler, sgd, train
+from opacus_helpers import (
+    GRID,
+    QUIET,
+    assert_block_books_saturated,
+    model,
+    params_of,
+    same_params,
+    scheduler,
+    sgd,
+    train,
+)
 from torch.utils.data import DataLoader
 
 from dpf_sched.integrations.opacus import BudgetedPrivacyEngine, RunStatus, SchedulerClient
@@ -78,6 +88,7 @@ def test_every_step_is_consumed_before_it_runs_and_a_full_run_ends_bit_for_bit(c
     assert np.array_equal(report.consumed.values, history)
     for b in ("b0", "b1"):
         assert np.array_equal(sched.ledger.claim("job").consumed[b].values, history)
+        assert_block_books_saturated(sched.ledger, b, "job")  # the block: min(history, 2 × capacity) per order
     assert report.charged_steps == n
 
 
