@@ -23,8 +23,8 @@ from dpf_sched.errors import (
     ServiceUnavailableError,
     UnknownClaimError,
 )
-from dpf_sched.integrations.opacus.client import BudgetClient, SchedulerClient
 from dpf_sched.integrations.lease import LeaseRenewer
+from dpf_sched.integrations.opacus.client import BudgetClient, SchedulerClient
 from dpf_sched.ledger import ClaimState, MemoryLedger
 from dpf_sched.scheduler import Scheduler
 

@@ -188,7 +188,7 @@ def test_wall_clock_scheduler_runs() -> None:
 
 
 def test_withdraw_rejects_a_waiting_claim_and_it_never_runs() -> None:
-    sched, ledger, clock = basic("dpf-n", N=10)
+    sched, ledger, _clock = basic("dpf-n", N=10)
     sched.add_block(Block("b", EpsDelta(1.0)))
     sched.submit(Claim("w", {"b": EpsDelta(0.5)}))
     sched.step()
