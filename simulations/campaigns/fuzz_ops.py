@@ -127,6 +127,8 @@ def bad_number(rng: random.Random, huge: bool = True) -> float:
 def make_budget(comp: Composition, rng: random.Random, scale: float, adversarial: bool, huge: bool = True) -> Budget:
     """A budget of about ``scale`` of the composition's kind; adversarial ones may be anything."""
     renyi = isinstance(comp, RenyiComposition)
+    if not math.isfinite(scale):  # a huge remainder times a huge factor: the largest float, not inf
+        scale = sys.float_info.max
     if adversarial:
         kind = rng.randrange(4)
         if kind == 0:  # the other composition
