@@ -144,23 +144,11 @@ def test_bad_lease_is_refused(bad: object) -> None:
 
 
 # ----- SQL: durable leases ------------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=PG_SKIP)])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    pool = SchemaPool()
-    try:
-        yield pool.url()
-    finally:
-        pool.close()
-
-
-def test_renewal_by_another_connection_is_seen(sql_url: str) -> None:
+def test_renewal_by_another_connection_is_seen(url: str) -> None:
     """A renewal written through another connection (the service's API process) keeps the claim: the scheduler
     reads the stored deadline when its own one comes due; a new scheduler on the ledger (a new leader) adopts
     the lease with that deadline and expires it when it lapses."""
-    with open_ledger(sql_url, BasicComposition()) as led, open_ledger(sql_url) as other:
+    with open_ledger(url, BasicComposition()) as led, open_ledger(url) as other:
         sched, clock = _scheduler(led)
         sched.submit(Claim.uniform("job", ["b"], EpsDelta(0.5, 0.0), lease=LEASE))
         sched.step()
@@ -185,9 +173,9 @@ def test_renewal_by_another_connection_is_seen(sql_url: str) -> None:
         assert report.ok, report.to_dict()
 
 
-def test_expiry_refused_when_renewed_in_between(sql_url: str) -> None:
+def test_expiry_refused_when_renewed_in_between(url: str) -> None:
     """The expiry reads the deadline inside its transaction: one renewed after the scheduler looked is kept."""
-    with open_ledger(sql_url, BasicComposition()) as led, open_ledger(sql_url) as other:
+    with open_ledger(url, BasicComposition()) as led, open_ledger(url) as other:
         sched, clock = _scheduler(led)
         sched.submit(Claim.uniform("job", ["b"], EpsDelta(0.5, 0.0), lease=LEASE))
         sched.step()
